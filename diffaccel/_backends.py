@@ -1,0 +1,72 @@
+"""Which compiled backends this install has, loaded lazily and guarded.
+
+``import diffaccel`` never fails because of a missing extension: without the C++ build the
+reference is used (with one warning), without Triton the ``triton`` backend is absent.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+
+import torch
+
+
+@functools.lru_cache(maxsize=None)
+def cpp_ops():
+    """The C++ backend object (``diffaccel._cpp_ops``), or None with the reason warned once."""
+    if os.environ.get("DIFFACCEL_DISABLE_CPP") == "1":
+        return None
+    try:
+        from . import _cpp_ops
+    except (ImportError, OSError) as e:  # extension not built / ABI mismatch
+        warnings.warn(
+            f"diffaccel: the C++ extension is not available ({e}); using the PyTorch reference. "
+            "Build it with `pip install --no-build-isolation -e .`.", RuntimeWarning, stacklevel=3)
+        return None
+    return _cpp_ops.Backend
+
+
+@functools.lru_cache(maxsize=None)
+def triton_ops():
+    """The Triton backend object, or None if Triton is not installed / unusable."""
+    if os.environ.get("DIFFACCEL_DISABLE_TRITON") == "1":
+        return None
+    try:
+        from .triton import ops
+    except Exception:  # noqa: BLE001 - triton missing or broken: the backend is just absent
+        return None
+    return ops.Backend
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def available(device: torch.device) -> list:
+    names = ["torch"]
+    cpp = cpp_ops()
+    if cpp is not None and cpp.supports(device):
+        names.append("cpp")
+    tri = triton_ops()
+    if tri is not None and (device.type == "cuda" or _interpreted()):
+        names.append("triton")
+    return names
+
+
+def auto_backend(device: torch.device) -> str:
+    """cpp where built for the device (lowest launch overhead), else triton on CUDA, else torch."""
+    names = available(device)
+    if "cpp" in names:
+        return "cpp"
+    if device.type == "cuda" and "triton" in names:
+        return "triton"
+    return "torch"
+
+
+def get(name: str, device: torch.device):
+    names = available(device)
+    if name not in names:
+        raise ValueError(
+            f"backend {name!r} is not available on {device} in this install (available: {names})")
+    return cpp_ops() if name == "cpp" else triton_ops()

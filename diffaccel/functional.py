@@ -1,0 +1,398 @@
+"""The public functional API: validated, dispatching, one place per formula.
+
+Every op takes ``backend="auto" | "torch" | "cpp" | "triton"`` and ``out=`` (written in
+place; may alias ``x_t``), so sampling loops reuse their buffers. ``t`` / ``t_prev`` are an
+int or a LongTensor with one entry per sample; ``t_prev = -1`` is the final step
+(``abar_prev = 1``). Images are NCHW; math is done in float32 whatever the storage dtype.
+
+Backends all implement the same low-level calls (see :class:`_TorchBackend`):
+
+* ``torch``  — :mod:`diffaccel.reference`, plain PyTorch (always available);
+* ``cpp``    — ``torch.ops.diffaccel.*`` from the compiled extension (CPU, and CUDA where built);
+* ``triton`` — ``torch.ops.diffaccel.*_triton`` (CUDA, or Triton's interpreter).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+from . import reference as ref
+
+Timestep = Union[int, torch.Tensor]
+BACKENDS = ("auto", "torch", "cpp", "triton")
+VARIANCES = tuple(ref.VARIANCE_TYPES)
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+# ----------------------------------------------------------------------------- backends
+class _TorchBackend:
+    """The reference, behind the low-level calling convention every backend shares.
+
+    Arguments arrive validated: same-shape contiguous image tensors, ``alphas_cumprod`` as
+    float32 on the images' device, ``t``/``t_prev`` as int64 ``[N]``, ``out`` allocated.
+    """
+
+    name = "torch"
+
+    @staticmethod
+    def add_noise(x0, noise, abar, t, out):
+        out.copy_(ref.add_noise(x0, noise, abar, t))
+
+    @staticmethod
+    def predict_x0(x_t, eps, abar, t, out):
+        out.copy_(ref.predict_x0(x_t, eps, abar, t))
+
+    @staticmethod
+    def cfg_combine(eps_u, eps_c, scale, out):
+        out.copy_(ref.cfg_combine(eps_u, eps_c, scale))
+
+    @staticmethod
+    def ddpm_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, noise, variance_code,
+                  predicted_variance, clip_x0, th_ratio, th_max, out):
+        eps = eps_u if eps_c is None else ref.cfg_combine(eps_u, eps_c, scale)
+        variance = VARIANCES[variance_code]
+        out.copy_(ref.ddpm_step(
+            x_t, eps, abar, t, t_prev, noise=noise, variance=variance,
+            predicted_variance=predicted_variance,
+            clip_x0=clip_x0 if clip_x0 > 0 else None,
+            dynamic_threshold=(th_ratio, th_max) if th_ratio > 0 else None))
+
+    @staticmethod
+    def ddim_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, eta, noise, out):
+        eps = eps_u if eps_c is None else ref.cfg_combine(eps_u, eps_c, scale)
+        out.copy_(ref.ddim_step(x_t, eps, abar, t, t_prev, eta=eta, noise=noise))
+
+    @staticmethod
+    def gaussian_filter(low, high, kernel_size, sigma, out):
+        """``out = blur(low) + (high - blur(high))``; either input may be None."""
+        if low is not None and high is not None:
+            out.copy_(ref.hybrid_combine(low, high, kernel_size, sigma))
+        elif low is not None:
+            out.copy_(ref.gaussian_blur(low, kernel_size, sigma))
+        else:
+            out.copy_(ref.highpass(high, kernel_size, sigma))
+
+    @staticmethod
+    def masked_project(x_t, x_orig, mask, noise, abar, t, out):
+        out.copy_(ref.masked_project(x_t, x_orig, mask, noise, abar, t))
+
+
+def _get_backend(name: str, device: torch.device):
+    from . import _backends
+
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    if name == "auto":
+        name = _backends.auto_backend(device)
+    if name == "torch":
+        return _TorchBackend
+    return _backends.get(name, device)
+
+
+def available_backends(device: Union[str, torch.device, None] = None) -> list:
+    """The backends this install can run on ``device`` (default: CPU), best first after "torch"."""
+    from . import _backends
+
+    return _backends.available(torch.device(device or "cpu"))
+
+
+# ----------------------------------------------------------------------------- checks
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def _check_image(name: str, x, ref_x: Optional[torch.Tensor] = None, ndim4: bool = True):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating tensor (float32, float16 or bfloat16), got {x.dtype}")
+    if ndim4 and x.ndim != 4:
+        raise ValueError(f"{name} must be a 4-D NCHW tensor, got shape {tuple(x.shape)}")
+    if ref_x is not None:
+        if x.shape != ref_x.shape:
+            raise ValueError(f"{name} must have shape {tuple(ref_x.shape)} (like x_t), got {tuple(x.shape)}")
+        if x.device != ref_x.device:
+            raise ValueError(f"{name} is on {x.device} but x_t is on {ref_x.device}; put them on one device")
+        if x.dtype != ref_x.dtype:
+            raise TypeError(f"{name} has dtype {x.dtype} but x_t has {ref_x.dtype}; use one dtype")
+    return x.contiguous()
+
+
+def _check_abar(alphas_cumprod, device: torch.device) -> torch.Tensor:
+    if not isinstance(alphas_cumprod, torch.Tensor):
+        raise TypeError(f"alphas_cumprod must be a 1-D torch.Tensor, got {type(alphas_cumprod).__name__}")
+    if alphas_cumprod.ndim != 1 or alphas_cumprod.numel() == 0:
+        raise ValueError(f"alphas_cumprod must be a non-empty 1-D tensor, got shape {tuple(alphas_cumprod.shape)}")
+    if not alphas_cumprod.is_floating_point():
+        raise TypeError(f"alphas_cumprod must be floating point, got {alphas_cumprod.dtype}")
+    if alphas_cumprod.device.type != device.type and alphas_cumprod.device.type != "cpu":
+        raise ValueError(f"alphas_cumprod is on {alphas_cumprod.device} but x_t is on {device}")
+    return alphas_cumprod.to(device=device, dtype=torch.float32).contiguous()
+
+
+def _check_t(name: str, t: Timestep, n: int, num_t: int, device: torch.device, allow_final: bool) -> torch.Tensor:
+    lo = -1 if allow_final else 0
+    what = f"in [{lo}, {num_t - 1}]" + (" (-1 = the final step)" if allow_final else "")
+    if isinstance(t, bool) or not isinstance(t, (int, torch.Tensor)):
+        raise TypeError(f"{name} must be an int or a LongTensor with one entry per sample, got {type(t).__name__}")
+    if isinstance(t, int):
+        if not lo <= t < num_t:
+            raise ValueError(f"{name} must be {what}, got {t}")
+        return torch.full((n,), t, dtype=torch.int64, device=device)
+    if t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"{name} must be an integer tensor (torch.long), got {t.dtype}")
+    if t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, n)):
+        raise ValueError(f"{name} must be a scalar or have one entry per sample ({n}), got shape {tuple(t.shape)}")
+    if t.device != device and t.device.type != "cpu":
+        raise ValueError(f"{name} is on {t.device} but x_t is on {device}")
+    # Range check only where it costs no device->host sync and does not break a graph;
+    # the kernels clamp indices so a bad CUDA t cannot read out of bounds.
+    if t.device.type == "cpu" and not _compiling() and t.numel() > 0:
+        tmin, tmax = int(t.min()), int(t.max())
+        if tmin < lo or tmax >= num_t:
+            raise ValueError(f"{name} must be {what}, got values in [{tmin}, {tmax}]")
+    return t.to(device=device, dtype=torch.int64).reshape(-1).expand(n).contiguous()
+
+
+def _check_out(out, like: torch.Tensor) -> torch.Tensor:
+    if out is None:
+        return torch.empty_like(like, memory_format=torch.contiguous_format)
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+    if out.shape != like.shape or out.dtype != like.dtype or out.device != like.device:
+        raise ValueError(
+            f"out must have shape {tuple(like.shape)}, dtype {like.dtype} and device {like.device}; "
+            f"got {tuple(out.shape)}, {out.dtype}, {out.device}")
+    if not out.is_contiguous():
+        raise ValueError("out must be contiguous")
+    return out
+
+
+def _check_scalar(name: str, v, positive: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(v).__name__}")
+    v = float(v)
+    if positive and not v > 0:
+        raise ValueError(f"{name} must be > 0, got {v}")
+    return v
+
+
+def _check_variance(variance, predicted_variance, x_t):
+    if variance not in VARIANCES:
+        raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+    if variance == "learned_range":
+        if predicted_variance is None:
+            raise ValueError("variance='learned_range' needs predicted_variance (the model's extra channels in [-1, 1])")
+        return _check_image("predicted_variance", predicted_variance, x_t)
+    if predicted_variance is not None:
+        raise ValueError(f"predicted_variance is only used with variance='learned_range', not {variance!r}")
+    return None
+
+
+def _check_threshold(clip_x0, dynamic_threshold) -> Tuple[float, float, float]:
+    if clip_x0 is not None and dynamic_threshold is not None:
+        raise ValueError("give clip_x0 or dynamic_threshold, not both (thresholding already bounds x0_hat)")
+    clip = 0.0
+    if clip_x0 is not None:
+        clip = _check_scalar("clip_x0", clip_x0, positive=True)
+    ratio, max_value = 0.0, 0.0
+    if dynamic_threshold is not None:
+        if not isinstance(dynamic_threshold, Sequence) or len(dynamic_threshold) != 2:
+            raise TypeError("dynamic_threshold must be a pair (ratio, max_value), e.g. (0.95, 1.5)")
+        ratio = _check_scalar("dynamic_threshold[0] (ratio)", dynamic_threshold[0])
+        max_value = _check_scalar("dynamic_threshold[1] (max_value)", dynamic_threshold[1])
+        if not 0 < ratio <= 1:
+            raise ValueError(f"dynamic_threshold ratio must be in (0, 1], got {ratio}")
+        if max_value < 1:
+            raise ValueError(f"dynamic_threshold max_value must be >= 1, got {max_value}")
+    return clip, ratio, max_value
+
+
+def _check_kernel(kernel_size, sigma, x: torch.Tensor) -> Tuple[int, float]:
+    if isinstance(kernel_size, bool) or not isinstance(kernel_size, int):
+        raise TypeError(f"kernel_size must be an odd int >= 1, got {type(kernel_size).__name__}")
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be an odd int >= 1, got {kernel_size}")
+    sigma = _check_scalar("sigma", sigma, positive=True)
+    h, w = x.shape[-2:]
+    if kernel_size // 2 >= min(h, w):
+        raise ValueError(
+            f"kernel_size {kernel_size} is too large for a {h}x{w} image (reflect padding needs "
+            f"kernel_size // 2 < min(H, W) = {min(h, w)})")
+    return kernel_size, sigma
+
+
+# ----------------------------------------------------------------------------- ops
+def add_noise(x0, noise, alphas_cumprod, t: Timestep, *, out=None, backend: str = "auto"):
+    """Forward process (SPEC A1.1, B2.2): ``sqrt(abar_t) x0 + sqrt(1 - abar_t) noise``."""
+    x0 = _check_image("x0", x0)
+    noise = _check_image("noise", noise, x0)
+    abar = _check_abar(alphas_cumprod, x0.device)
+    tt = _check_t("t", t, x0.shape[0], abar.numel(), x0.device, allow_final=False)
+    out = _check_out(out, x0)
+    _get_backend(backend, x0.device).add_noise(x0, noise, abar, tt, out)
+    return out
+
+
+def predict_x0(x_t, eps, alphas_cumprod, t: Timestep, *, out=None, backend: str = "auto"):
+    """One-step denoising (SPEC A1.3): ``(x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``."""
+    x_t = _check_image("x_t", x_t)
+    eps = _check_image("eps", eps, x_t)
+    abar = _check_abar(alphas_cumprod, x_t.device)
+    tt = _check_t("t", t, x_t.shape[0], abar.numel(), x_t.device, allow_final=False)
+    out = _check_out(out, x_t)
+    _get_backend(backend, x_t.device).predict_x0(x_t, eps, abar, tt, out)
+    return out
+
+
+def cfg_combine(eps_uncond, eps_cond, scale: float, *, out=None, backend: str = "auto"):
+    """Classifier-free guidance (SPEC A1.6): ``eps_u + scale (eps_c - eps_u)``."""
+    eps_uncond = _check_image("eps_uncond", eps_uncond, ndim4=False)
+    eps_cond = _check_image("eps_cond", eps_cond, eps_uncond, ndim4=False)
+    scale = _check_scalar("scale", scale)
+    out = _check_out(out, eps_uncond)
+    _get_backend(backend, eps_uncond.device).cfg_combine(eps_uncond, eps_cond, scale, out)
+    return out
+
+
+def _step_common(x_t, alphas_cumprod, t, t_prev, noise):
+    x_t = _check_image("x_t", x_t)
+    abar = _check_abar(alphas_cumprod, x_t.device)
+    n = x_t.shape[0]
+    tt = _check_t("t", t, n, abar.numel(), x_t.device, allow_final=False)
+    tp = _check_t("t_prev", t_prev, n, abar.numel(), x_t.device, allow_final=True)
+    if isinstance(t, int) and isinstance(t_prev, int) and not t_prev < t:
+        raise ValueError(f"t_prev must be smaller than t (a step goes back in time), got t={t}, t_prev={t_prev}")
+    noise = None if noise is None else _check_image("noise", noise, x_t)
+    return x_t, abar, tt, tp, noise
+
+
+def ddpm_step(x_t, eps, alphas_cumprod, t: Timestep, t_prev: Timestep, *, noise=None,
+              variance: str = "fixed_small", predicted_variance=None, clip_x0: Optional[float] = None,
+              dynamic_threshold: Optional[Tuple[float, float]] = None, out=None, backend: str = "auto"):
+    """Strided DDPM posterior step t -> t_prev (SPEC A1.4, B2.3); see :func:`reference.ddpm_step`."""
+    x_t, abar, tt, tp, noise = _step_common(x_t, alphas_cumprod, t, t_prev, noise)
+    eps = _check_image("eps", eps, x_t)
+    pv = _check_variance(variance, predicted_variance, x_t)
+    clip, ratio, max_value = _check_threshold(clip_x0, dynamic_threshold)
+    out = _check_out(out, x_t)
+    _get_backend(backend, x_t.device).ddpm_step(
+        x_t, eps, None, 1.0, abar, tt, tp, noise, ref.VARIANCE_TYPES[variance], pv, clip, ratio, max_value, out)
+    return out
+
+
+def cfg_ddpm_step(x_t, eps_uncond, eps_cond, scale: float, alphas_cumprod, t: Timestep, t_prev: Timestep, *,
+                  noise=None, variance: str = "fixed_small", predicted_variance=None,
+                  clip_x0: Optional[float] = None, dynamic_threshold: Optional[Tuple[float, float]] = None,
+                  out=None, backend: str = "auto"):
+    """CFG combine and DDPM step in one pass: ``ddpm_step(x_t, cfg_combine(eps_u, eps_c, scale), ...)``.
+
+    ``predicted_variance`` comes from the conditional pass (SPEC A1.6).
+    """
+    x_t, abar, tt, tp, noise = _step_common(x_t, alphas_cumprod, t, t_prev, noise)
+    eps_uncond = _check_image("eps_uncond", eps_uncond, x_t)
+    eps_cond = _check_image("eps_cond", eps_cond, x_t)
+    scale = _check_scalar("scale", scale)
+    pv = _check_variance(variance, predicted_variance, x_t)
+    clip, ratio, max_value = _check_threshold(clip_x0, dynamic_threshold)
+    out = _check_out(out, x_t)
+    _get_backend(backend, x_t.device).ddpm_step(
+        x_t, eps_uncond, eps_cond, scale, abar, tt, tp, noise, ref.VARIANCE_TYPES[variance], pv,
+        clip, ratio, max_value, out)
+    return out
+
+
+def ddim_step(x_t, eps, alphas_cumprod, t: Timestep, t_prev: Timestep, *, eta: float = 0.0, noise=None,
+              out=None, backend: str = "auto"):
+    """DDIM step t -> t_prev with stochasticity ``eta``; see :func:`reference.ddim_step`."""
+    x_t, abar, tt, tp, noise = _step_common(x_t, alphas_cumprod, t, t_prev, noise)
+    eps = _check_image("eps", eps, x_t)
+    eta = _check_scalar("eta", eta)
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    out = _check_out(out, x_t)
+    _get_backend(backend, x_t.device).ddim_step(x_t, eps, None, 1.0, abar, tt, tp, eta, noise, out)
+    return out
+
+
+def cfg_ddim_step(x_t, eps_uncond, eps_cond, scale: float, alphas_cumprod, t: Timestep, t_prev: Timestep, *,
+                  eta: float = 0.0, noise=None, out=None, backend: str = "auto"):
+    """CFG combine and DDIM step in one pass."""
+    x_t, abar, tt, tp, noise = _step_common(x_t, alphas_cumprod, t, t_prev, noise)
+    eps_uncond = _check_image("eps_uncond", eps_uncond, x_t)
+    eps_cond = _check_image("eps_cond", eps_cond, x_t)
+    scale = _check_scalar("scale", scale)
+    eta = _check_scalar("eta", eta)
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    out = _check_out(out, x_t)
+    _get_backend(backend, x_t.device).ddim_step(x_t, eps_uncond, eps_cond, scale, abar, tt, tp, eta, noise, out)
+    return out
+
+
+def gaussian_blur(x, kernel_size: int, sigma: float, *, out=None, backend: str = "auto"):
+    """Separable Gaussian low-pass, reflect padding (equals torchvision's ``gaussian_blur``)."""
+    x = _check_image("x", x)
+    kernel_size, sigma = _check_kernel(kernel_size, sigma, x)
+    out = _check_out(out, x)
+    _get_backend(backend, x.device).gaussian_filter(x, None, kernel_size, sigma, out)
+    return out
+
+
+def highpass(x, kernel_size: int, sigma: float, *, out=None, backend: str = "auto"):
+    """SPEC A1.9: ``x - gaussian_blur(x)``."""
+    x = _check_image("x", x)
+    kernel_size, sigma = _check_kernel(kernel_size, sigma, x)
+    out = _check_out(out, x)
+    _get_backend(backend, x.device).gaussian_filter(None, x, kernel_size, sigma, out)
+    return out
+
+
+def hybrid_combine(eps_low, eps_high, kernel_size: int = 33, sigma: float = 2.0, *, out=None,
+                   backend: str = "auto"):
+    """Factorized diffusion (SPEC A1.9): ``lowpass(eps_low) + highpass(eps_high)``."""
+    eps_low = _check_image("eps_low", eps_low)
+    eps_high = _check_image("eps_high", eps_high, eps_low)
+    kernel_size, sigma = _check_kernel(kernel_size, sigma, eps_low)
+    out = _check_out(out, eps_low)
+    _get_backend(backend, eps_low.device).gaussian_filter(eps_low, eps_high, kernel_size, sigma, out)
+    return out
+
+
+def _check_mask(mask, x_t: torch.Tensor) -> torch.Tensor:
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+    n, c, h, w = x_t.shape
+    shape = tuple(mask.shape)
+    if mask.ndim == 2:
+        mask = mask[None, None]
+    elif mask.ndim == 3:
+        mask = mask[None]
+    ok = mask.ndim == 4 and mask.shape[0] in (1, n) and mask.shape[1] in (1, c) and tuple(mask.shape[2:]) == (h, w)
+    if not ok:
+        raise ValueError(f"mask must broadcast as (N or 1, 1 or C, H, W) = ({n} or 1, 1 or {c}, {h}, {w}); got {shape}")
+    if mask.device != x_t.device:
+        raise ValueError(f"mask is on {mask.device} but x_t is on {x_t.device}")
+    if not (mask.dtype == torch.bool or mask.is_floating_point()):
+        raise TypeError(f"mask must be bool or floating point (1 = regenerate), got {mask.dtype}")
+    return mask.to(x_t.dtype).contiguous()
+
+
+def masked_project(x_t, x_orig, mask, noise, alphas_cumprod, t: Timestep, *, out=None, backend: str = "auto"):
+    """Inpainting projection (SPEC A1.7.2): ``mask x_t + (1 - mask) add_noise(x_orig, noise, t)``."""
+    x_t = _check_image("x_t", x_t)
+    x_orig = _check_image("x_orig", x_orig, x_t)
+    noise = _check_image("noise", noise, x_t)
+    mask = _check_mask(mask, x_t)
+    abar = _check_abar(alphas_cumprod, x_t.device)
+    tt = _check_t("t", t, x_t.shape[0], abar.numel(), x_t.device, allow_final=False)
+    out = _check_out(out, x_t)
+    _get_backend(backend, x_t.device).masked_project(x_t, x_orig, mask, noise, abar, tt, out)
+    return out
+
+
+__all__ = [
+    "add_noise", "predict_x0", "cfg_combine", "ddpm_step", "cfg_ddpm_step", "ddim_step", "cfg_ddim_step",
+    "gaussian_blur", "highpass", "hybrid_combine", "masked_project", "available_backends",
+]

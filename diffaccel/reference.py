@@ -1,0 +1,194 @@
+"""Pure-PyTorch reference implementations: the definition of correct.
+
+Every fused kernel (C++ CPU, CUDA, Triton) is tested against the functions here.
+Conventions shared by every op (see SPEC "The accelerated core"):
+
+* ``alphas_cumprod`` is a 1-D tensor ``abar`` of length T.
+* ``t`` / ``t_prev`` are LongTensors with one entry per sample (shape ``[N]``);
+  ``t_prev = -1`` means "the final step": ``abar_prev = 1``.
+* Coefficients are gathered from ``abar`` in float32, all math is done in float32,
+  and the result is cast back to the dtype of the image tensor.
+* Noise is only added where ``t > 0`` (diffusers' rule: the step that lands on the
+  clean image adds none; SPEC B2.3 "z = 0 at the last step").
+
+The functions here take already-validated tensors; :mod:`diffaccel.functional` is the
+public, checked, dispatching API.
+"""
+from __future__ import annotations
+
+
+
+import torch
+import torch.nn.functional as F
+
+#: variance_type codes used by the kernels (strings in the public API)
+VARIANCE_TYPES = {"fixed_small": 0, "fixed_large": 1, "learned_range": 2}
+
+
+def _per_sample(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """[N] -> [N, 1, ..., 1] so it broadcasts over a sample."""
+    return v.reshape(v.shape[0], *([1] * (ndim - 1)))
+
+
+def gather_abar(alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``abar[t]`` in float32 with ``abar[-1] = 1`` (the "final step" convention)."""
+    abar = alphas_cumprod.to(torch.float32)
+    idx = t.clamp(min=0)
+    return torch.where(t >= 0, abar[idx], torch.ones_like(abar[idx]))
+
+
+def add_noise(x0, noise, alphas_cumprod, t):
+    """SPEC A1.1 / B2.2: ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps``."""
+    a = _per_sample(gather_abar(alphas_cumprod, t), x0.ndim)
+    out = a.sqrt() * x0.float() + (1 - a).sqrt() * noise.float()
+    return out.to(x0.dtype)
+
+
+def predict_x0(x_t, eps, alphas_cumprod, t):
+    """SPEC A1.3: ``x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``."""
+    a = _per_sample(gather_abar(alphas_cumprod, t), x_t.ndim)
+    out = (x_t.float() - (1 - a).sqrt() * eps.float()) / a.sqrt()
+    return out.to(x_t.dtype)
+
+
+def cfg_combine(eps_uncond, eps_cond, scale: float):
+    """SPEC A1.6 / B2.5: ``eps = eps_u + g (eps_c - eps_u)``."""
+    u = eps_uncond.float()
+    return (u + scale * (eps_cond.float() - u)).to(eps_uncond.dtype)
+
+
+def dynamic_threshold_(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """diffusers' dynamic thresholding (Imagen), in float32, per sample.
+
+    ``s`` = the ``ratio`` quantile of ``|x0|`` over a sample (linear interpolation, as
+    ``torch.quantile``), clamped to ``[1, max_value]``; ``x0 = clamp(x0, -s, s) / s``.
+    """
+    n = x0.shape[0]
+    flat = x0.reshape(n, -1)
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1.0, max=max_value)
+    s = _per_sample(s, x0.ndim)
+    return torch.maximum(torch.minimum(x0, s), -s) / s
+
+
+def ddpm_step(
+    x_t,
+    eps,
+    alphas_cumprod,
+    t,
+    t_prev,
+    noise=None,
+    variance: str = "fixed_small",
+    predicted_variance=None,
+    clip_x0: float | None = None,
+    dynamic_threshold: tuple[float, float] | None = None,
+):
+    """SPEC A1.4 / B2.3: the strided DDPM posterior step t -> t_prev.
+
+    ``alpha = abar_t / abar_prev``, ``beta = 1 - alpha``;
+    ``mean = sqrt(abar_prev) beta / (1 - abar_t) x0_hat + sqrt(alpha) (1 - abar_prev) / (1 - abar_t) x_t``;
+    variance: ``fixed_small`` = ``(1 - abar_prev) / (1 - abar_t) beta`` (clamped at 1e-20),
+    ``fixed_large`` = ``beta``, ``learned_range`` = ``exp(frac log beta + (1 - frac) log fixed_small)``
+    with ``frac = (predicted_variance + 1) / 2`` (diffusers' DDPMScheduler).
+    ``x_prev = mean + sqrt(variance) * noise`` where ``t > 0`` and noise is given.
+    """
+    nd = x_t.ndim
+    a_t = _per_sample(gather_abar(alphas_cumprod, t), nd)
+    a_p = _per_sample(gather_abar(alphas_cumprod, t_prev), nd)
+    alpha = a_t / a_p
+    beta = 1 - alpha
+    x = x_t.float()
+    x0 = (x - (1 - a_t).sqrt() * eps.float()) / a_t.sqrt()
+    if dynamic_threshold is not None:
+        x0 = dynamic_threshold_(x0, *dynamic_threshold)
+    elif clip_x0 is not None:
+        x0 = x0.clamp(-clip_x0, clip_x0)
+    mean = (a_p.sqrt() * beta / (1 - a_t)) * x0 + (alpha.sqrt() * (1 - a_p) / (1 - a_t)) * x
+    if noise is not None:
+        small = ((1 - a_p) / (1 - a_t) * beta).clamp(min=1e-20)
+        if variance == "fixed_small":
+            std = small.sqrt()
+        elif variance == "fixed_large":
+            std = beta.sqrt()
+        elif variance == "learned_range":
+            frac = (predicted_variance.float() + 1) / 2
+            std = torch.exp(0.5 * (frac * beta.log() + (1 - frac) * small.log()))
+        else:  # pragma: no cover - validated by functional
+            raise ValueError(f"unknown variance {variance!r}")
+        has_noise = _per_sample((t > 0).to(torch.float32), nd)
+        mean = mean + has_noise * std * noise.float()
+    return mean.to(x_t.dtype)
+
+
+def ddim_step(x_t, eps, alphas_cumprod, t, t_prev, eta: float = 0.0, noise=None):
+    """DDIM (Song et al. 2020, eq. 12), as diffusers' DDIMScheduler with ``eta``.
+
+    ``sigma = eta sqrt((1 - abar_prev) / (1 - abar_t) (1 - abar_t / abar_prev))``;
+    ``x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma^2) eps + sigma noise``.
+    """
+    nd = x_t.ndim
+    a_t = _per_sample(gather_abar(alphas_cumprod, t), nd)
+    a_p = _per_sample(gather_abar(alphas_cumprod, t_prev), nd)
+    e = eps.float()
+    x0 = (x_t.float() - (1 - a_t).sqrt() * e) / a_t.sqrt()
+    var = (1 - a_p) / (1 - a_t) * (1 - a_t / a_p)
+    std = eta * var.sqrt()
+    out = a_p.sqrt() * x0 + (1 - a_p - std * std).clamp(min=0).sqrt() * e
+    if noise is not None and eta > 0:
+        out = out + std * noise.float()
+    return out.to(x_t.dtype)
+
+
+def gaussian_kernel1d(kernel_size: int, sigma: float, dtype=torch.float32, device=None):
+    """torchvision's 1-D Gaussian: taps at ``linspace(-(k-1)/2, (k-1)/2, k)``, normalised."""
+    half = (kernel_size - 1) * 0.5
+    x = torch.linspace(-half, half, steps=kernel_size, dtype=torch.float32, device=device)
+    pdf = torch.exp(-0.5 * (x / sigma).pow(2))
+    return (pdf / pdf.sum()).to(dtype)
+
+
+def gaussian_blur(x, kernel_size: int, sigma: float):
+    """Separable Gaussian blur with reflect padding; equals torchvision's ``gaussian_blur``."""
+    k = gaussian_kernel1d(kernel_size, sigma, device=x.device)
+    n, c, h, w = x.shape
+    p = kernel_size // 2
+    y = F.pad(x.float().reshape(n * c, 1, h, w), [p, p, p, p], mode="reflect")
+    y = F.conv2d(y, k.view(1, 1, 1, -1))
+    y = F.conv2d(y, k.view(1, 1, -1, 1))
+    return y.reshape(n, c, h, w).to(x.dtype)
+
+
+def highpass(x, kernel_size: int, sigma: float):
+    """SPEC A1.9: ``highpass(x) = x - lowpass(x)``."""
+    return (x.float() - gaussian_blur(x.float(), kernel_size, sigma)).to(x.dtype)
+
+
+def hybrid_combine(eps_low, eps_high, kernel_size: int = 33, sigma: float = 2.0):
+    """SPEC A1.9: ``eps = lowpass(eps1) + highpass(eps2)``."""
+    lo = gaussian_blur(eps_low.float(), kernel_size, sigma)
+    hi = highpass(eps_high.float(), kernel_size, sigma)
+    return (lo + hi).to(eps_low.dtype)
+
+
+def masked_project(x_t, x_orig, mask, noise, alphas_cumprod, t):
+    """SPEC A1.7.2: ``m x_t + (1 - m) forward(x_orig, t)``; m = 1 marks pixels to regenerate."""
+    m = mask.float()
+    fwd = add_noise(x_orig.float(), noise.float(), alphas_cumprod, t)
+    return (m * x_t.float() + (1 - m) * fwd).to(x_t.dtype)
+
+
+def gaussian_blur_conv2d(x, kernel_size: int, sigma: float):
+    """A direct (non-separable) 2-D convolution: the baseline the benchmarks compare against."""
+    k = gaussian_kernel1d(kernel_size, sigma, device=x.device)
+    k2 = torch.outer(k, k)
+    n, c, h, w = x.shape
+    p = kernel_size // 2
+    y = F.pad(x.float(), [p, p, p, p], mode="reflect")
+    y = F.conv2d(y, k2.expand(c, 1, kernel_size, kernel_size).contiguous(), groups=c)
+    return y.to(x.dtype)
+
+
+__all__ = [
+    "VARIANCE_TYPES", "gather_abar", "add_noise", "predict_x0", "cfg_combine",
+    "dynamic_threshold_", "ddpm_step", "ddim_step", "gaussian_kernel1d", "gaussian_blur",
+    "highpass", "hybrid_combine", "masked_project", "gaussian_blur_conv2d",
+]
