@@ -392,7 +392,42 @@ def masked_project(x_t, x_orig, mask, noise, alphas_cumprod, t: Timestep, *, out
     return out
 
 
+def flow_interpolate(x0, x1, t, *, out=None):
+    """Flow matching path (SPEC Part B, newer edition): ``x_t = (1 - t) x0 + t x1`` (x0 noise, x1 data).
+
+    ``t`` is a float tensor with one entry per sample in [0, 1]. Plain PyTorch (memory-bound
+    and tiny at MNIST size; no fused kernel).
+    """
+    x0 = _check_image("x0", x0)
+    x1 = _check_image("x1", x1, x0)
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.numel() != x0.shape[0]:
+        raise ValueError(f"t must be a float tensor with one entry per sample ({x0.shape[0]}), got {t!r:.80}")
+    res = ref.flow_interpolate(x0, x1, t)
+    return res if out is None else _check_out(out, x0).copy_(res)
+
+
+def euler_step(x, velocity, dt: float, *, out=None):
+    """Euler step of the flow ODE, ``x + dt * u`` (flow-matching sampling)."""
+    x = _check_image("x", x, ndim4=False)
+    velocity = _check_image("velocity", velocity, x, ndim4=False)
+    dt = _check_scalar("dt", dt)
+    out = _check_out(out, x)
+    return torch.add(x, velocity, alpha=dt, out=out)
+
+
+def add_gaussian_noise(x, noise, sigma: float, *, out=None):
+    """SPEC B1.2: ``z = x + sigma * eps``."""
+    x = _check_image("x", x, ndim4=False)
+    noise = _check_image("noise", noise, x, ndim4=False)
+    sigma = _check_scalar("sigma", sigma)
+    if sigma < 0:
+        raise ValueError(f"sigma must be >= 0, got {sigma}")
+    out = _check_out(out, x)
+    return torch.add(x, noise, alpha=sigma, out=out)
+
+
 __all__ = [
+    "flow_interpolate", "euler_step", "add_gaussian_noise",
     "add_noise", "predict_x0", "cfg_combine", "ddpm_step", "cfg_ddpm_step", "ddim_step", "cfg_ddim_step",
     "gaussian_blur", "highpass", "hybrid_combine", "masked_project", "available_backends",
 ]

@@ -1,0 +1,331 @@
+"""Training for every Part B model (SPEC B1.2.1, B1.2.3, B2.2, B2.4 and flow matching).
+
+One loop, four objectives:
+
+* ``denoiser``   — z = x + sigma eps -> x (B1.2.1), L2;
+* ``pure_noise`` — z = eps -> x (B1.2.3: learns the mean digit), L2;
+* ``ddpm``       — eps-prediction at t ~ U{0..T-1} (B2.2; class-conditioned with p_uncond, B2.4);
+* ``flow``       — velocity x1 - x0 along ``x_t = (1 - t) x0 + t x1`` (flow matching).
+
+Reproducible and resumable: the data order and every noise draw of epoch ``e`` come from a
+generator seeded with ``(seed, e)``; checkpoints (safetensors + JSON, written atomically) hold
+the model, optimizer, LR scheduler and that generator's state, so ``resume=True`` after a kill
+gives the same final weights as an unbroken run. Data-parallel under ``torchrun``: every rank
+draws the same global batch and noise and takes its slice, so N processes follow the
+single-process trajectory (BatchNorm statistics are synchronised).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+
+import platform
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as nnf
+
+from .. import functional as F
+from ..schedules import ddpm_linear_schedule
+from .checkpoint import (atomic_save_tensors, atomic_write_bytes, atomic_write_json, load_json,
+                         load_tensors, optimizer_from_tensors, optimizer_to_tensors)
+from .data import mnist_tensors
+from .models import UNet, UNetConfig, one_hot
+
+TASKS = ("denoiser", "pure_noise", "ddpm", "flow")
+
+
+@dataclass
+class TrainConfig:
+    """Defaults are the course's DDPM settings (B2.2); see :data:`PRESETS` for every model."""
+
+    task: str = "ddpm"
+    conditioning: str = "class"
+    hidden: int = 64
+    batch_size: int = 128
+    lr: float = 1e-3
+    epochs: int = 20
+    lr_decay: bool = True  # ExponentialLR, gamma = 0.1 ** (1 / epochs), stepped per epoch
+    sigma: float = 0.5  # denoiser noise level (B1.2.1)
+    num_timesteps: int = 300  # T (B2.2)
+    p_uncond: float = 0.1  # class dropout (B2.4)
+    injection: Optional[str] = None  # None: "add" for ddpm and class flow, "mul" for time flow
+    seed: int = 0
+    train_subset: int = 0  # > 0: only the first n training digits (tests)
+    max_steps_per_epoch: int = 0  # > 0: cut epochs short (tests)
+    checkpoint_every: int = 0  # > 0: also checkpoint every n steps (mid-epoch resume)
+    channels_last: bool = False
+    compile: bool = False
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.task in ("denoiser", "pure_noise"):
+            self.conditioning = "none"
+        elif self.conditioning not in ("time", "class"):
+            raise ValueError(f"a {self.task} model is conditioned on 'time' or 'class', got {self.conditioning!r}")
+        for name in ("batch_size", "epochs", "hidden", "num_timesteps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.p_uncond < 1:
+            raise ValueError(f"p_uncond must be in [0, 1), got {self.p_uncond}")
+
+    def model_config(self) -> UNetConfig:
+        injection = self.injection
+        if injection is None:
+            injection = "mul" if (self.task == "flow" and self.conditioning == "time") else "add"
+        return UNetConfig(hidden=self.hidden, conditioning=self.conditioning, injection=injection)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+#: The course's configurations (SPEC Part B). Every field can be overridden.
+PRESETS = {
+    "denoiser": dict(task="denoiser", hidden=128, batch_size=256, lr=1e-4, epochs=5, lr_decay=False, sigma=0.5),
+    "pure_noise": dict(task="pure_noise", hidden=128, batch_size=256, lr=1e-4, epochs=5, lr_decay=False),
+    "ddpm_time": dict(task="ddpm", conditioning="time", hidden=64, batch_size=128, lr=1e-3, epochs=20),
+    "ddpm_class": dict(task="ddpm", conditioning="class", hidden=64, batch_size=128, lr=1e-3, epochs=20),
+    "flow_time": dict(task="flow", conditioning="time", hidden=64, batch_size=64, lr=1e-2, epochs=10),
+    "flow_class": dict(task="flow", conditioning="class", hidden=64, batch_size=64, lr=1e-2, epochs=10),
+}
+
+
+def preset(name: str, **overrides) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return TrainConfig(**{**PRESETS[name], **overrides})
+
+
+# ----------------------------------------------------------------------------- objectives
+def training_loss(model, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
+                  abar: Optional[torch.Tensor], rank_slice: slice = slice(None)) -> torch.Tensor:
+    """The loss of one global batch; noise is drawn for the whole batch (same on every rank)
+    and then sliced, so the data-parallel run draws exactly what one process draws."""
+    n = x.shape[0]
+    noise = torch.randn(x.shape, generator=gen)
+    if cfg.task in ("ddpm", "flow"):
+        if cfg.task == "ddpm":
+            t = torch.randint(0, cfg.num_timesteps, (n,), generator=gen)
+        else:
+            t = torch.rand(n, generator=gen)
+        drop = torch.rand(n, generator=gen) < cfg.p_uncond
+    x, y, noise = x[rank_slice], y[rank_slice], noise[rank_slice]
+    dev = next(model.parameters()).device
+    x, noise = x.to(dev, non_blocking=True), noise.to(dev, non_blocking=True)
+    if cfg.task == "denoiser":
+        return nnf.mse_loss(model(F.add_gaussian_noise(x, noise, cfg.sigma)), x)
+    if cfg.task == "pure_noise":
+        return nnf.mse_loss(model(noise), x)
+    t, drop = t[rank_slice].to(dev), drop[rank_slice].to(dev)
+    c = None
+    if cfg.conditioning == "class":
+        c = one_hot(torch.where(drop, torch.full_like(y, -1), y).to(dev), x.shape[0], device=dev)
+    if cfg.task == "ddpm":
+        x_t = F.add_noise(x, noise, abar, t)
+        return nnf.mse_loss(model(x_t, t.float() / cfg.num_timesteps, c), noise)
+    x_t = F.flow_interpolate(noise, x, t)
+    return nnf.mse_loss(model(x_t, t, c), x - noise)
+
+
+# ----------------------------------------------------------------------------- helpers
+def _dist_info():
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def _write_losses(out: Path, losses: list) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["step", "epoch", "loss"])
+    w.writerows(losses)
+    atomic_write_bytes(out / "loss.csv", buf.getvalue().encode())
+
+
+def plot_losses(csv_path: Path, png_path: Path, title: str = "training loss") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(open(csv_path)))
+    steps = [int(r["step"]) for r in rows]
+    loss = [float(r["loss"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.plot(steps, loss, lw=0.6)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (log)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path)
+    plt.close(fig)
+
+
+def build_model(cfg: TrainConfig) -> UNet:
+    return UNet(cfg.model_config())
+
+
+# ----------------------------------------------------------------------------- the loop
+def train(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress: bool = True,
+          device: str = "cpu", download: bool = False) -> Path:
+    """Train ``cfg`` into ``out_dir``; returns the path of the final ``model.safetensors``."""
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    rank, world = _dist_info()
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {world}")
+    per_rank = cfg.batch_size // world
+    rank_slice = slice(rank * per_rank, (rank + 1) * per_rank)
+    dev = torch.device(device)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg).to(dev)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.1 ** (1.0 / cfg.epochs)) if cfg.lr_decay else None
+    _, _, abar = ddpm_linear_schedule(cfg.num_timesteps)
+    abar = abar.to(dev)
+
+    start_epoch, start_step, losses, gen_state = 0, 0, [], None
+    ckpt_json = out / "checkpoint.json"
+    if resume and ckpt_json.exists():
+        meta = load_json(ckpt_json)
+        saved_cfg = TrainConfig.from_dict(meta["train_config"])
+        if asdict(saved_cfg) != asdict(cfg):
+            raise ValueError(f"--resume: {out} was trained with a different config {asdict(saved_cfg)}; "
+                             "use the same options or another --out")
+        tensors = load_tensors(out / meta["file"])
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        optimizer_from_tensors(opt, tensors, meta["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(meta["lr_scheduler"])
+        start_epoch, start_step = meta["epoch"], meta["step_in_epoch"]
+        gen_state = tensors.get("generator_state")
+        with open(out / "loss.csv") as f:
+            losses = [(int(r["step"]), int(r["epoch"]), float(r["loss"])) for r in csv.DictReader(f)]
+        losses = losses[: meta["global_step"]]
+    elif rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "config.json", {"train_config": asdict(cfg), "model_config": cfg.model_config().to_dict()})
+
+    train_model = model
+    if world > 1:
+        train_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) if dev.type == "cuda" else model
+        train_model = torch.nn.parallel.DistributedDataParallel(train_model)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+
+    x_all, y_all = mnist_tensors("train", root=data_dir, download=download)
+    if cfg.train_subset:
+        x_all, y_all = x_all[: cfg.train_subset], y_all[: cfg.train_subset]
+    n = x_all.shape[0]
+    steps_per_epoch = n // cfg.batch_size  # drop_last: every step sees a full batch
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch_size {cfg.batch_size} is larger than the {n} training digits")
+
+    def save_checkpoint(epoch: int, step_in_epoch: int, gen: Optional[torch.Generator]):
+        if rank != 0:
+            return
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        opt_t, opt_meta = optimizer_to_tensors(opt)
+        tensors.update(opt_t)
+        if gen is not None:
+            tensors["generator_state"] = gen.get_state()
+        _write_losses(out, losses)
+        atomic_save_tensors(out / "checkpoint.safetensors", tensors)
+        atomic_write_json(ckpt_json, {
+            "file": "checkpoint.safetensors", "epoch": epoch, "step_in_epoch": step_in_epoch,
+            "global_step": len(losses), "train_config": asdict(cfg), "optimizer": opt_meta,
+            "lr_scheduler": sched.state_dict() if sched is not None else None,
+        })
+
+    t_start = time.time()
+    train_model.train()
+    for epoch in range(start_epoch, cfg.epochs):
+        gen = _epoch_generator(cfg.seed, epoch)
+        perm = torch.randperm(n, generator=gen)
+        first = 0
+        if epoch == start_epoch and start_step:
+            first = start_step
+            gen.set_state(gen_state)
+        bar = tqdm(range(first, steps_per_epoch), desc=f"{cfg.task}/{cfg.conditioning} epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not progress or rank != 0, leave=False, dynamic_ncols=True)
+        for step in bar:
+            idx = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            xb = x_all[idx]
+            if cfg.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            loss = training_loss(train_model, cfg, xb, y_all[idx], gen, abar, rank_slice)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            val = loss.detach()
+            if world > 1:
+                dist.all_reduce(val, op=dist.ReduceOp.AVG)
+            losses.append((len(losses), epoch, float(val)))
+            bar.set_postfix(loss=f"{losses[-1][2]:.4f}")
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps_per_epoch:
+                save_checkpoint(epoch, step + 1, gen)
+        if sched is not None:
+            sched.step()
+        if rank == 0:
+            atomic_save_tensors(out / "epochs" / f"epoch_{epoch + 1:03d}.safetensors", model.state_dict())
+        save_checkpoint(epoch + 1, 0, None)
+        if rank == 0 and progress:
+            mean = sum(v for _, e, v in losses if e == epoch) / max(1, sum(1 for _, e, _v in losses if e == epoch))
+            print(f"epoch {epoch + 1}/{cfg.epochs}: mean loss {mean:.5f} ({time.time() - t_start:.0f} s)", flush=True)
+
+    final = out / "model.safetensors"
+    if rank == 0:
+        atomic_save_tensors(final, model.state_dict(), metadata={"config": json.dumps(cfg.model_config().to_dict())})
+        _write_losses(out, losses)
+        plot_losses(out / "loss.csv", out / "loss.png", title=f"{cfg.task} ({cfg.conditioning}) D={cfg.hidden}")
+        info = {"wall_time_s": round(time.time() - t_start, 1), "final_loss": losses[-1][2] if losses else None,
+                "final_epoch_mean_loss": (sum(v for _, e, v in losses if e == cfg.epochs - 1)
+                                          / max(1, sum(1 for _, e, _v in losses if e == cfg.epochs - 1))),
+                "steps": len(losses), "machine": f"{platform.processor() or platform.machine()}, "
+                f"{torch.get_num_threads()} threads, torch {torch.__version__}", "world_size": world}
+        atomic_write_json(out / "train_info.json", info)
+    return final
+
+
+def load_trained(path) -> UNet:
+    """Load ``model.safetensors`` (+ ``config.json`` beside it, or the file's metadata)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if "config" in meta:
+        mcfg = UNetConfig(**json.loads(meta["config"]))
+    else:
+        mcfg = UNetConfig(**load_json(path.parent / "config.json")["model_config"])
+    model = UNet(mcfg)
+    model.load_state_dict(load_tensors(path))
+    return model.eval()
+
+
