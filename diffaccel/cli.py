@@ -62,12 +62,34 @@ def _cmd_train(args):
     print(path)
 
 
+def _add_classifier_parser(sub):
+    p = sub.add_parser("train-classifier", help="train the evaluation classifier (writes OUT.safetensors + OUT.json)")
+    p.add_argument("--out", required=True, help="output path without suffix, e.g. runs/classifier")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_train_classifier)
+
+
+def _cmd_train_classifier(args):
+    from pathlib import Path
+
+    from .mnist.classifier import train_classifier
+
+    _, acc = train_classifier(Path(args.out), data_dir=args.data_dir, epochs=args.epochs,
+                              batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    print(f"test accuracy {acc:.4f}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffaccel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     mnist = sub.add_parser("mnist", help="Part B: MNIST diffusion from scratch")
     msub = mnist.add_subparsers(dest="mnist_command", required=True)
     _add_train_parser(msub)
+    _add_classifier_parser(msub)
     return parser
 
 

@@ -50,7 +50,7 @@ class _TorchBackend:
     @staticmethod
     def ddpm_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, noise, variance_code,
                   predicted_variance, clip_x0, th_ratio, th_max, out):
-        eps = eps_u if eps_c is None else ref.cfg_combine(eps_u, eps_c, scale)
+        eps = eps_u if eps_c is None else ref.cfg_combine(eps_u.float(), eps_c.float(), scale)  # fp32: no rounding between the fused stages
         variance = VARIANCES[variance_code]
         out.copy_(ref.ddpm_step(
             x_t, eps, abar, t, t_prev, noise=noise, variance=variance,
@@ -60,7 +60,7 @@ class _TorchBackend:
 
     @staticmethod
     def ddim_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, eta, noise, out):
-        eps = eps_u if eps_c is None else ref.cfg_combine(eps_u, eps_c, scale)
+        eps = eps_u if eps_c is None else ref.cfg_combine(eps_u.float(), eps_c.float(), scale)  # fp32: no rounding between the fused stages
         out.copy_(ref.ddim_step(x_t, eps, abar, t, t_prev, eta=eta, noise=noise))
 
     @staticmethod

@@ -1,0 +1,101 @@
+"""Shipped MNIST models: ``list_pretrained()`` and ``load_pretrained(name)``.
+
+Weights live in ``diffaccel/weights/mnist/<name>.safetensors`` with ``<name>.json`` (the
+training config and measured numbers) and ``<name>.md`` (the model card with the command
+that made them).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from ..schedules import ddpm_linear_schedule
+from .checkpoint import load_json, load_tensors
+from .models import UNet, UNetConfig
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights" / "mnist"
+KINDS = ("ddpm", "flow", "denoiser", "pure_noise")
+
+
+@dataclass
+class MNISTDiffusion:
+    """A trained Part B model and what is needed to run it.
+
+    ``kind``: "ddpm" (eps-prediction, ``alphas_cumprod`` of T steps), "flow" (velocity),
+    "denoiser" / "pure_noise" (one-shot denoisers, B1). ``conditioning``: "none", "time", "class".
+    """
+
+    name: str
+    model: UNet
+    kind: str
+    num_timesteps: int = 300
+    alphas_cumprod: Optional[torch.Tensor] = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def conditioning(self) -> str:
+        return self.model.config.conditioning
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def time_input(self, t: torch.Tensor) -> torch.Tensor:
+        """What the UNet sees as time: ``t / T`` for a DDPM timestep index, t itself for flow."""
+        if self.kind == "ddpm":
+            return t.to(torch.float32) / self.num_timesteps
+        return t.to(torch.float32)
+
+    def to(self, device) -> "MNISTDiffusion":
+        self.model.to(device)
+        if self.alphas_cumprod is not None:
+            self.alphas_cumprod = self.alphas_cumprod.to(device)
+        return self
+
+    @classmethod
+    def from_train_dir(cls, path: Union[str, Path], name: Optional[str] = None,
+                       weights: Optional[Union[str, Path]] = None) -> "MNISTDiffusion":
+        """Load a training output folder (``config.json`` + ``model.safetensors`` or ``weights``)."""
+        path = Path(path)
+        cfg = load_json(path / "config.json")
+        return _build(name or path.name, cfg, Path(weights) if weights else path / "model.safetensors")
+
+
+def _build(name: str, cfg: dict, weights: Path) -> "MNISTDiffusion":
+    tcfg, mcfg = cfg["train_config"], cfg["model_config"]
+    model = UNet(UNetConfig(**mcfg))
+    state = load_tensors(weights)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{weights} does not match the model config {mcfg}: {e}") from e
+    model.eval()
+    kind = tcfg["task"]
+    T = int(tcfg.get("num_timesteps", 300))
+    abar = ddpm_linear_schedule(T)[2] if kind == "ddpm" else None
+    return MNISTDiffusion(name=name, model=model, kind=kind, num_timesteps=T, alphas_cumprod=abar,
+                          info=cfg.get("info", {}))
+
+
+def list_pretrained() -> list:
+    """Names of the shipped MNIST models (those whose weights are in the package)."""
+    if not WEIGHTS_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors")
+                  if (WEIGHTS_DIR / f"{p.stem}.json").exists() and p.stem != "classifier")
+
+
+def load_pretrained(name: str, device: Union[str, torch.device] = "cpu") -> MNISTDiffusion:
+    """Load a shipped model by name (see :func:`list_pretrained`) or a training output folder."""
+    p = Path(name)
+    if p.is_dir() and (p / "config.json").exists():
+        return MNISTDiffusion.from_train_dir(p).to(device)
+    names = list_pretrained()
+    if name not in names:
+        raise ValueError(f"unknown pretrained MNIST model {name!r}; shipped: {names} "
+                         "(or pass a training output folder)")
+    cfg = load_json(WEIGHTS_DIR / f"{name}.json")
+    return _build(name, cfg, WEIGHTS_DIR / f"{name}.safetensors").to(device)

@@ -1,0 +1,471 @@
+"""Every Part-A technique (SPEC A0-A1.9) as a short function over a :mod:`denoiser <.denoisers>`.
+
+Conventions:
+
+* Clean images in and out are in the canonical range [-1, 1] (``denoiser.to_model_range``
+  converts); *noisy* images ``x_t`` live in the model's own space (for IF the same; for
+  MNIST [0, 1]-based) — pass what :func:`forward` returns to :func:`iterative_denoise`.
+* Every stochastic function takes a ``torch.Generator`` and draws all its noise from it, in a
+  fixed order: the same seed gives the same image.
+* ``callback(info: dict)`` is called after every step (k-diffusion style) with ``i``, ``t``,
+  ``t_prev``, ``x`` (the new ``x_{t_prev}``), ``x0_hat`` (canonical range) and ``noise``.
+* Every formula is a :mod:`diffaccel.functional` call (the fused kernels): ``add_noise``,
+  ``predict_x0``, ``ddpm_step`` / ``cfg_ddpm_step`` (with the learned-range variance when the
+  model predicts one, else ``fixed_small``), ``gaussian_blur``, ``hybrid_combine``,
+  ``masked_project``.
+* CFG, anagrams and hybrids make ONE batched model call per step.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .. import functional as Fn
+from .animation import make_gif
+from .denoisers import Denoiser
+from .factorizations import Factorization, HighLow, get_factorization
+from .views import View, get_view
+
+__all__ = [
+    "DenoiseResult", "strided_timesteps", "inference_timesteps", "default_timesteps", "forward",
+    "blur_params", "blur_denoise", "one_step_denoise", "iterative_denoise", "iterative_denoise_cfg", "sample", "sdedit",
+    "img2img", "inpaint", "visual_anagram", "hybrid", "factorized", "upsample_stage2", "make_gif",
+    "default_prompt",
+]
+
+Callback = Optional[Callable[[dict], None]]
+#: (eps_uncond, eps_cond | None, predicted variance | None) for x_t at timestep t
+Predict = Callable[[torch.Tensor, int], Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]]
+
+
+class DenoiseResult(NamedTuple):
+    """``image``: final clean image (canonical [-1, 1]); ``intermediates``: every ``every``-th step."""
+
+    image: torch.Tensor
+    intermediates: List[torch.Tensor]
+
+
+# ----------------------------------------------------------------------------- timesteps
+def strided_timesteps(start: Optional[int] = None, stride: Optional[int] = None,
+                      num_train_timesteps: int = 1000) -> List[int]:
+    """SPEC A1.4: ``[start, start - stride, ..., 0]`` (990, 960, ..., 0 for T = 1000).
+
+    Defaults scale the course's choice to any T: ``stride = round(30 T / 1000)`` (>= 1) and
+    ``start`` the largest multiple of the stride below T — the same 34 steps for every T
+    (T = 300, the MNIST models: 297, 288, ..., 0).
+    """
+    T = int(num_train_timesteps)
+    if stride is None:
+        stride = max(1, round(30 * T / 1000))
+    if start is None:
+        start = stride * ((T - 1) // stride)
+    if not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"stride must be a positive int, got {stride!r}")
+    if not isinstance(start, int) or not 0 <= start < T:
+        raise ValueError(f"start must be an int in [0, {T - 1}], got {start!r}")
+    return list(range(start, -1, -stride))
+
+
+def inference_timesteps(num_inference_steps: int, num_train_timesteps: int = 1000) -> List[int]:
+    """diffusers' DDPMScheduler "leading" spacing, then ``-1`` (the last step lands on x_0 exactly).
+
+    ``[(n-1) k, ..., k, 0, -1]`` with ``k = T // n``: the timesteps ``IFPipeline`` uses (SPEC A0).
+    """
+    T = int(num_train_timesteps)
+    if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= T:
+        raise ValueError(f"num_inference_steps must be an int in [1, {T}], got {num_inference_steps!r}")
+    k = T // num_inference_steps
+    return [i * k for i in range(num_inference_steps - 1, -1, -1)] + [-1]
+
+
+def default_timesteps(denoiser: Denoiser) -> List[int]:
+    """:func:`strided_timesteps` for the denoiser's T."""
+    return strided_timesteps(num_train_timesteps=denoiser.num_train_timesteps)
+
+
+def default_prompt(denoiser: Denoiser):
+    """IF: "a high quality photo" (SPEC A1.3); other models: their null condition."""
+    return getattr(denoiser, "default_prompt", denoiser.null_cond)
+
+
+def _check_timesteps(denoiser: Denoiser, timesteps) -> List[int]:
+    ts = default_timesteps(denoiser) if timesteps is None else [int(t) for t in timesteps]
+    T = denoiser.num_train_timesteps
+    if len(ts) < 2:
+        raise ValueError(f"timesteps needs at least 2 entries, got {ts}")
+    if any(not -1 <= t < T for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])) or -1 in ts[:-1]:
+        raise ValueError(f"timesteps must strictly decrease within [{T - 1}, 0] (optionally ending in -1), got {ts}")
+    return ts
+
+
+def _check_i_start(i_start, ts: List[int]) -> int:
+    if isinstance(i_start, bool) or not isinstance(i_start, int) or not 0 <= i_start < len(ts) - 1:
+        raise ValueError(f"i_start must be an int in [0, {len(ts) - 2}] (an index into the {len(ts)} timesteps), "
+                         f"got {i_start!r}")
+    return i_start
+
+
+# ----------------------------------------------------------------------------- helpers
+def _randn(like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """N(0, I) like ``like``, drawn on the generator's device (so a CPU seed is portable)."""
+    dev = generator.device if generator is not None else like.device
+    z = torch.randn(like.shape, generator=generator, device=dev, dtype=torch.float32)
+    return z.to(device=like.device, dtype=like.dtype)
+
+
+def _check_clean(denoiser: Denoiser, image, name: str = "image") -> torch.Tensor:
+    denoiser.check_sample(image, name)
+    return denoiser.to_model_range(image.to(device=denoiser.device, dtype=torch.float32))
+
+
+def _progress(it, enabled: bool, desc: str):
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc)
+
+
+def _plain(denoiser: Denoiser, cond) -> Predict:
+    enc = denoiser.encode(cond)
+
+    def predict(x, t):
+        out = denoiser(x, t, enc)
+        return out.eps, None, out.variance
+    return predict
+
+
+def _cfg(denoiser: Denoiser, cond) -> Predict:
+    """One forward of ``[uncond, cond]``; the variance comes from the conditional pass (SPEC A1.6)."""
+    both = denoiser.batch_conds([denoiser.null_cond, cond])
+
+    def predict(x, t):
+        out = denoiser(torch.cat([x, x]), t, both)
+        eps_u, eps_c = out.eps.chunk(2)
+        return eps_u, eps_c, None if out.variance is None else out.variance.chunk(2)[1]
+    return predict
+
+
+def _run(denoiser: Denoiser, x: torch.Tensor, timesteps: List[int], i_start: int, predict: Predict,
+         guidance_scale: float, generator, callback: Callback, project=None, every: int = 5,
+         progress: bool = False, desc: str = "denoise", **step_kwargs) -> DenoiseResult:
+    """The one sampling loop: ``x_{t'} = ddpm_step(x_t, eps, t -> t')`` over ``timesteps[i_start:]``."""
+    abar = denoiser.alphas_cumprod
+    x = x.clone()
+    inter: List[torch.Tensor] = []
+    for i in _progress(range(i_start, len(timesteps) - 1), progress, desc):
+        t, t_prev = timesteps[i], timesteps[i + 1]
+        eps_u, eps_c, var = predict(x, t)
+        noise = _randn(x, generator)
+        kw = dict(noise=noise, variance="fixed_small" if var is None else "learned_range",
+                  predicted_variance=var, **step_kwargs)
+        x_prev = (Fn.ddpm_step(x, eps_u, abar, t, t_prev, **kw) if eps_c is None
+                  else Fn.cfg_ddpm_step(x, eps_u, eps_c, guidance_scale, abar, t, t_prev, **kw))
+        info = {"i": i, "t": t, "t_prev": t_prev, "noise": noise}
+        if project is not None and t_prev >= 0:
+            x_prev = project(x_prev, t_prev, info)
+        if callback is not None:
+            eps = eps_u if eps_c is None else Fn.cfg_combine(eps_u, eps_c, guidance_scale)
+            info.update(x=x_prev, x0_hat=denoiser.from_model_range(Fn.predict_x0(x, eps, abar, t)))
+            callback(info)
+        x = x_prev
+        if i % every == 0:
+            inter.append(denoiser.from_model_range(x))
+    return DenoiseResult(denoiser.from_model_range(x), inter)
+
+
+# ----------------------------------------------------------------------------- A1.1 - A1.3
+def forward(denoiser: Denoiser, x0: torch.Tensor, t: int, generator: Optional[torch.Generator] = None,
+            noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """SPEC A1.1: ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` (x0 canonical; x_t in model space)."""
+    x0 = _check_clean(denoiser, x0, "x0")
+    noise = _randn(x0, generator) if noise is None else noise.to(x0)
+    return Fn.add_noise(x0, noise, denoiser.alphas_cumprod, t)
+
+
+def blur_params(t: int, num_train_timesteps: int = 1000, size: int = 64) -> Tuple[int, float]:
+    """A (kernel_size, sigma) for blurring noise of level ``t`` (SPEC A1.2 "chosen per t").
+
+    More noise, wider blur: ``sigma = 0.5 + 3 t / T`` (1.25, 2, 2.75 at t = 250, 500, 750 of
+    1000) and a kernel of about ``6 sigma``, odd, kept below the image size.
+    """
+    sigma = 0.5 + 3.0 * t / num_train_timesteps
+    k = 2 * math.ceil(3 * sigma) + 1
+    return min(k, 2 * ((size - 1) // 2) - 1 if size > 2 else 1), sigma
+
+
+def blur_denoise(x_t: torch.Tensor, kernel_size: Optional[int] = None, sigma: Optional[float] = None,
+                 t: Optional[int] = None, num_train_timesteps: int = 1000) -> torch.Tensor:
+    """SPEC A1.2: classical denoising, a Gaussian blur of the noisy image.
+
+    Give ``kernel_size`` and ``sigma``, or ``t`` for :func:`blur_params`.
+    """
+    if kernel_size is None or sigma is None:
+        if t is None:
+            raise ValueError("give kernel_size and sigma, or the noise level t to choose them")
+        k, s = blur_params(t, num_train_timesteps, min(x_t.shape[-2:]))
+        kernel_size = k if kernel_size is None else kernel_size
+        sigma = s if sigma is None else sigma
+    return Fn.gaussian_blur(x_t, kernel_size, sigma)
+
+
+def one_step_denoise(denoiser: Denoiser, x_t: torch.Tensor, t: int, cond=None) -> torch.Tensor:
+    """SPEC A1.3: ``x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)``; canonical range.
+
+    ``cond`` defaults to :func:`default_prompt` ("a high quality photo" for IF).
+    """
+    denoiser.check_sample(x_t, "x_t")
+    cond = default_prompt(denoiser) if cond is None else cond
+    x_t = x_t.to(denoiser.device)
+    eps = denoiser(x_t, t, cond).eps
+    return denoiser.from_model_range(Fn.predict_x0(x_t, eps, denoiser.alphas_cumprod, t))
+
+
+# ----------------------------------------------------------------------------- A1.4 - A1.6
+def iterative_denoise(denoiser: Denoiser, x_t: torch.Tensor, i_start: int = 10, timesteps=None, cond=None,
+                      generator: Optional[torch.Generator] = None, callback: Callback = None, every: int = 5,
+                      progress: bool = False, **step_kwargs) -> DenoiseResult:
+    """SPEC A1.4: denoise ``x_t`` (at ``timesteps[i_start]``) step by step down the strided timesteps.
+
+    ``x_t' = sqrt(abar_t') beta / (1 - abar_t) x0_hat + sqrt(alpha) (1 - abar_t') / (1 - abar_t) x_t + v``
+    with ``alpha = abar_t / abar_t'``; ``v`` has the learned-range variance when the model
+    predicts it, else the posterior ("fixed_small") variance. ``step_kwargs`` go to
+    :func:`functional.ddpm_step` (``clip_x0``, ``dynamic_threshold``). No guidance.
+    """
+    denoiser.check_sample(x_t, "x_t")
+    ts = _check_timesteps(denoiser, timesteps)
+    i_start = _check_i_start(i_start, ts)
+    cond = default_prompt(denoiser) if cond is None else cond
+    return _run(denoiser, x_t.to(denoiser.device), ts, i_start, _plain(denoiser, cond), 1.0, generator,
+                callback, every=every, progress=progress, **step_kwargs)
+
+
+def iterative_denoise_cfg(denoiser: Denoiser, x_t: torch.Tensor, i_start: int = 10, timesteps=None, cond=None,
+                          guidance_scale: float = 7.0, generator: Optional[torch.Generator] = None,
+                          callback: Callback = None, every: int = 5, progress: bool = False,
+                          **step_kwargs) -> DenoiseResult:
+    """SPEC A1.6: iterative denoising with classifier-free guidance.
+
+    ``eps = eps_u + g (eps_c - eps_u)`` from ONE forward of ``[uncond, cond]``; the variance
+    comes from the conditional pass. g = 7 for IF (use 5 for the MNIST models).
+    """
+    denoiser.check_sample(x_t, "x_t")
+    ts = _check_timesteps(denoiser, timesteps)
+    i_start = _check_i_start(i_start, ts)
+    cond = default_prompt(denoiser) if cond is None else cond
+    return _run(denoiser, x_t.to(denoiser.device), ts, i_start, _cfg(denoiser, cond), guidance_scale, generator,
+                callback, every=every, progress=progress, **step_kwargs)
+
+
+def _pure_noise(denoiser: Denoiser, num_samples: int, generator) -> torch.Tensor:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    like = torch.empty((num_samples, *denoiser.sample_shape), device=denoiser.device)
+    return _randn(like, generator)
+
+
+def sample(denoiser: Denoiser, cond=None, num_samples: int = 1, timesteps=None,
+           num_inference_steps: Optional[int] = None, guidance_scale: Optional[float] = None,
+           generator: Optional[torch.Generator] = None, callback: Callback = None, every: int = 5,
+           progress: bool = False, **step_kwargs) -> DenoiseResult:
+    """SPEC A1.5 / A1.6 / A0: iterative denoising from pure noise (``i_start = 0``).
+
+    ``guidance_scale=None`` samples without guidance (A1.5), a number uses CFG (A1.6).
+    ``num_inference_steps`` uses diffusers' timesteps (as ``IFPipeline``, A0); otherwise
+    ``timesteps`` (default: the strided 990..0). For IF's own behaviour pass
+    ``dynamic_threshold=(0.95, 1.5)``.
+    """
+    if num_inference_steps is not None:
+        if timesteps is not None:
+            raise ValueError("give timesteps or num_inference_steps, not both")
+        timesteps = inference_timesteps(num_inference_steps, denoiser.num_train_timesteps)
+    ts = _check_timesteps(denoiser, timesteps)
+    x = _pure_noise(denoiser, num_samples, generator)
+    cond = default_prompt(denoiser) if cond is None else cond
+    predict = _plain(denoiser, cond) if guidance_scale is None else _cfg(denoiser, cond)
+    return _run(denoiser, x, ts, 0, predict, 1.0 if guidance_scale is None else guidance_scale, generator,
+                callback, every=every, progress=progress, desc="sample", **step_kwargs)
+
+
+# ----------------------------------------------------------------------------- A1.7
+def img2img(denoiser: Denoiser, image: torch.Tensor, cond=None, i_start: int = 10, timesteps=None,
+            guidance_scale: float = 7.0, generator: Optional[torch.Generator] = None, callback: Callback = None,
+            progress: bool = False, **step_kwargs) -> torch.Tensor:
+    """SPEC A1.7 / A1.7.3: noise a clean image to ``timesteps[i_start]``, denoise it with CFG toward ``cond``."""
+    ts = _check_timesteps(denoiser, timesteps)
+    i_start = _check_i_start(i_start, ts)
+    x_t = forward(denoiser, image, ts[i_start], generator)
+    return iterative_denoise_cfg(denoiser, x_t, i_start, ts, cond, guidance_scale, generator, callback,
+                                 progress=progress, **step_kwargs).image
+
+
+def sdedit(denoiser: Denoiser, image: torch.Tensor, i_start_list: Sequence[int] = (1, 3, 5, 7, 10, 20),
+           cond=None, timesteps=None, guidance_scale: float = 7.0, generator: Optional[torch.Generator] = None,
+           progress: bool = False, **step_kwargs) -> Dict[int, torch.Tensor]:
+    """SPEC A1.7 / A1.7.1: the SDEdit sweep; ``{i_start: edited image}`` (canonical range)."""
+    ts = _check_timesteps(denoiser, timesteps)
+    for i in i_start_list:
+        _check_i_start(i, ts)
+    return {i: img2img(denoiser, image, cond, i, ts, guidance_scale, generator, progress=progress, **step_kwargs)
+            for i in i_start_list}
+
+
+def _check_mask(denoiser: Denoiser, mask, n: int) -> torch.Tensor:
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor (1 = regenerate), got {type(mask).__name__}; see load_mask")
+    c, h, w = denoiser.sample_shape
+    m = mask
+    if m.ndim == 2:
+        m = m[None, None]
+    elif m.ndim == 3:
+        m = m[None]
+    if m.ndim != 4 or tuple(m.shape[-2:]) != (h, w) or m.shape[0] not in (1, n) or m.shape[1] not in (1, c):
+        raise ValueError(f"mask must be (H, W) = ({h}, {w}) or broadcast as (N or 1, 1 or {c}, {h}, {w}) "
+                         f"for this model, got {tuple(mask.shape)}")
+    return m.to(device=denoiser.device, dtype=torch.float32)
+
+
+def inpaint(denoiser: Denoiser, image: torch.Tensor, mask: torch.Tensor, cond=None, i_start: int = 0,
+            timesteps=None, guidance_scale: Optional[float] = 7.0, generator: Optional[torch.Generator] = None,
+            callback: Callback = None, every: int = 5, progress: bool = False, **step_kwargs) -> DenoiseResult:
+    """SPEC A1.7.2: after every step ``x_t = m x_t + (1 - m) forward(x_orig, t)``; m = 1 is regenerated.
+
+    Starts from pure noise at ``timesteps[i_start]`` (``i_start > 0``: from the noised image).
+    The callback's ``info["projection_noise"]`` is the noise the projection used.
+    """
+    x_orig = _check_clean(denoiser, image)
+    m = _check_mask(denoiser, mask, x_orig.shape[0])
+    ts = _check_timesteps(denoiser, timesteps)
+    i_start = _check_i_start(i_start, ts)
+    x = _randn(x_orig, generator) if i_start == 0 else forward(denoiser, image, ts[i_start], generator)
+    abar = denoiser.alphas_cumprod
+
+    def project(x_prev, t_prev, info):
+        info["projection_noise"] = z = _randn(x_prev, generator)
+        return Fn.masked_project(x_prev, x_orig, m, z, abar, t_prev)
+
+    cond = default_prompt(denoiser) if cond is None else cond
+    predict = _plain(denoiser, cond) if guidance_scale is None else _cfg(denoiser, cond)
+    return _run(denoiser, x, ts, i_start, predict, 1.0 if guidance_scale is None else guidance_scale, generator,
+                callback, project=project, every=every, progress=progress, desc="inpaint", **step_kwargs)
+
+
+# ----------------------------------------------------------------------------- A1.8 - A1.9
+def _anagram_predict(denoiser: Denoiser, conds: Sequence, views: Sequence[View], guided: bool) -> Predict:
+    k = len(conds)
+    blocks = ([denoiser.null_cond] * k if guided else []) + list(conds)
+    enc = denoiser.batch_conds(blocks)
+
+    def mean_inverse(chunks):
+        return sum(v.inverse(e) for v, e in zip(views, chunks)) / k
+
+    def predict(x, t):
+        viewed = [v.view(x) for v in views]
+        out = denoiser(torch.cat(viewed * (2 if guided else 1)), t, enc)
+        eps = out.eps.chunk(len(blocks))
+        var = None if out.variance is None else mean_inverse(out.variance.chunk(len(blocks))[-k:])
+        if guided:
+            return mean_inverse(eps[:k]), mean_inverse(eps[k:]), var
+        return mean_inverse(eps), None, var
+    return predict
+
+
+def visual_anagram(denoiser: Denoiser, conds: Sequence, views: Sequence = ("identity", "flip"),
+                   num_samples: int = 1, timesteps=None, guidance_scale: Optional[float] = 7.0,
+                   generator: Optional[torch.Generator] = None, callback: Callback = None, every: int = 5,
+                   progress: bool = False, **step_kwargs) -> DenoiseResult:
+    """SPEC A1.8 (and 3-/4-view illusions): ``eps = mean_i inverse_i(eps(view_i(x_t), cond_i))``.
+
+    With two conditions and ``("identity", "flip")`` this is the course's
+    ``(eps1 + flip(eps2(flip(x_t)))) / 2``. All views (and the unconditional passes, since CFG
+    is linear the guided estimate is the mean of the per-view guided estimates) go through ONE
+    forward per step. ``views`` are names (see :func:`views.get_view`) or :class:`View` objects.
+    """
+    if isinstance(conds, (str, int)) or len(conds) < 1:
+        raise ValueError("conds must be a list with one condition per view")
+    vs = [get_view(v) for v in views]
+    if len(vs) != len(conds):
+        raise ValueError(f"need one view per condition: {len(conds)} conds but {len(vs)} views")
+    ts = _check_timesteps(denoiser, timesteps)
+    x = _pure_noise(denoiser, num_samples, generator)
+    for v in vs:  # fail early (e.g. a square-only view on a non-square model)
+        v.view(x[:1])
+    predict = _anagram_predict(denoiser, conds, vs, guidance_scale is not None)
+    return _run(denoiser, x, ts, 0, predict, 1.0 if guidance_scale is None else guidance_scale, generator,
+                callback, every=every, progress=progress, desc="anagram", **step_kwargs)
+
+
+def factorized(denoiser: Denoiser, conds: Sequence, factorization="high_low", num_samples: int = 1,
+               timesteps=None, guidance_scale: Optional[float] = 7.0, generator: Optional[torch.Generator] = None,
+               callback: Callback = None, every: int = 5, progress: bool = False, **step_kwargs) -> DenoiseResult:
+    """Factorized diffusion: ``eps = factorization.combine([eps(x_t, cond_i)])`` (SPEC A1.9 and beyond).
+
+    One forward per step over ``[uncond, cond_1, ..., cond_k]``: a factorization is linear and
+    recombines k copies of one estimate into itself, so CFG of the combine equals the combine
+    of the per-condition CFGs with a single unconditional pass. The variance is the mean of
+    the conditional ones.
+    """
+    fac: Factorization = get_factorization(factorization)
+    if len(conds) != fac.num_components:
+        raise ValueError(f"{fac.name} needs {fac.num_components} conditions, got {len(conds)}")
+    ts = _check_timesteps(denoiser, timesteps)
+    x = _pure_noise(denoiser, num_samples, generator)
+    guided = guidance_scale is not None
+    k = len(conds)
+    enc = denoiser.batch_conds(([denoiser.null_cond] if guided else []) + list(conds))
+
+    def predict(x_t, t):
+        out = denoiser(torch.cat([x_t] * (k + guided)), t, enc)
+        eps = out.eps.chunk(k + guided)
+        var = None if out.variance is None else sum(out.variance.chunk(k + guided)[-k:]) / k
+        eps_c = fac.combine(list(eps[-k:]))
+        return (eps[0], eps_c, var) if guided else (eps_c, None, var)
+
+    return _run(denoiser, x, ts, 0, predict, 1.0 if guidance_scale is None else guidance_scale, generator,
+                callback, every=every, progress=progress, desc=fac.name, **step_kwargs)
+
+
+def hybrid(denoiser: Denoiser, cond_low, cond_high, kernel_size: int = 33, sigma: float = 2.0,
+           num_samples: int = 1, timesteps=None, guidance_scale: Optional[float] = 7.0,
+           generator: Optional[torch.Generator] = None, callback: Callback = None, every: int = 5,
+           progress: bool = False, **step_kwargs) -> DenoiseResult:
+    """SPEC A1.9: ``eps = lowpass(eps_1) + highpass(eps_2)`` (``functional.hybrid_combine``), kernel 33, sigma 2.
+
+    ``cond_low`` is seen from far away, ``cond_high`` up close.
+    """
+    return factorized(denoiser, [cond_low, cond_high], HighLow(kernel_size, sigma), num_samples, timesteps,
+                      guidance_scale, generator, callback, every, progress, **step_kwargs)
+
+
+# ----------------------------------------------------------------------------- A0 stage II
+def upsample_stage2(denoiser, images: torch.Tensor, cond=None, num_inference_steps: int = 50,
+                    noise_level: int = 250, guidance_scale: Optional[float] = 4.0,
+                    generator: Optional[torch.Generator] = None, callback: Callback = None,
+                    dynamic_threshold: Optional[Tuple[float, float]] = (0.95, 1.5), progress: bool = False,
+                    **step_kwargs) -> DenoiseResult:
+    """SPEC A0: IF stage II — upsample stage-I images (canonical range) guided by ``cond``.
+
+    As diffusers' ``IFSuperResolutionPipeline``: bilinear upscale to the stage-II size, noise
+    it to ``noise_level`` with the image-noising schedule, and sample from pure noise with the
+    UNet seeing ``cat([x_t, upscaled])``; defaults are the pipeline's (g = 4, 50 steps,
+    noise level 250, dynamic thresholding 0.95 / 1.5).
+    """
+    if not hasattr(denoiser, "with_low_res"):
+        raise TypeError("upsample_stage2 needs an IF stage-II denoiser (load_if_stage(..., stage=2))")
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != denoiser.sample_shape[0]:
+        raise ValueError(f"images must be [N, {denoiser.sample_shape[0]}, h, w] stage-I outputs, "
+                         f"got {getattr(images, 'shape', type(images).__name__)}")
+    _, h, w = denoiser.sample_shape
+    low = images.to(device=denoiser.device, dtype=torch.float32)
+    up = F.interpolate(low, (h, w), mode="bilinear", align_corners=True)
+    up = Fn.add_noise(up, _randn(up, generator), denoiser.noising_alphas_cumprod, int(noise_level))
+    bound = denoiser.with_low_res(up, noise_level)
+    ts = inference_timesteps(num_inference_steps, denoiser.num_train_timesteps)
+    x = _randn(up, generator)
+    cond = default_prompt(denoiser) if cond is None else cond
+    predict = _plain(bound, cond) if guidance_scale is None else _cfg(bound, cond)
+    return _run(bound, x, ts, 0, predict, 1.0 if guidance_scale is None else guidance_scale, generator, callback,
+                progress=progress, desc="stage II", dynamic_threshold=dynamic_threshold, **step_kwargs)
