@@ -16,7 +16,10 @@ from ..schedules import ddpm_linear_schedule
 from .checkpoint import load_json, load_tensors
 from .models import UNet, UNetConfig
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights" / "mnist"
+import os
+
+#: The shipped weights; ``DIFFACCEL_WEIGHTS_DIR`` points elsewhere (tests, freshly trained sets).
+WEIGHTS_DIR = Path(os.environ.get("DIFFACCEL_WEIGHTS_DIR") or Path(__file__).resolve().parent.parent / "weights" / "mnist")
 KINDS = ("ddpm", "flow", "denoiser", "pure_noise")
 
 
@@ -88,14 +91,29 @@ def list_pretrained() -> list:
                   if (WEIGHTS_DIR / f"{p.stem}.json").exists() and p.stem != "classifier")
 
 
-def load_pretrained(name: str, device: Union[str, torch.device] = "cpu") -> MNISTDiffusion:
-    """Load a shipped model by name (see :func:`list_pretrained`) or a training output folder."""
+def pretrained_epochs(name: str) -> list:
+    """Epochs for which an intermediate snapshot of ``name`` is shipped (``<name>.epoch<k>.safetensors``)."""
+    return sorted(int(p.name[len(name) + 6:-12]) for p in WEIGHTS_DIR.glob(f"{name}.epoch*.safetensors"))
+
+
+def load_pretrained(name: str, device: Union[str, torch.device] = "cpu", epoch: Optional[int] = None) -> MNISTDiffusion:
+    """Load a shipped model by name (see :func:`list_pretrained`) or a training output folder.
+
+    ``epoch=k`` loads the snapshot taken after epoch k (shipped for the figures "after epoch 1
+    / 5"; for a training folder, ``epochs/epoch_00k.safetensors``).
+    """
     p = Path(name)
     if p.is_dir() and (p / "config.json").exists():
-        return MNISTDiffusion.from_train_dir(p).to(device)
+        weights = p / "epochs" / f"epoch_{epoch:03d}.safetensors" if epoch else None
+        return MNISTDiffusion.from_train_dir(p, weights=weights).to(device)
     names = list_pretrained()
     if name not in names:
         raise ValueError(f"unknown pretrained MNIST model {name!r}; shipped: {names} "
                          "(or pass a training output folder)")
     cfg = load_json(WEIGHTS_DIR / f"{name}.json")
-    return _build(name, cfg, WEIGHTS_DIR / f"{name}.safetensors").to(device)
+    weights = WEIGHTS_DIR / f"{name}.safetensors"
+    if epoch is not None:
+        if epoch not in pretrained_epochs(name):
+            raise ValueError(f"no snapshot of {name!r} after epoch {epoch}; shipped: {pretrained_epochs(name)}")
+        weights = WEIGHTS_DIR / f"{name}.epoch{epoch}.safetensors"
+    return _build(name, cfg, weights).to(device)

@@ -179,6 +179,43 @@ def plot_losses(csv_path: Path, png_path: Path, title: str = "training loss") ->
     plt.close(fig)
 
 
+class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are all-reduced over the process group.
+
+    ``torch.nn.SyncBatchNorm`` is GPU-only; this is the CPU (gloo) equivalent, so a
+    data-parallel run normalises with the statistics of the global batch, as one process would.
+    State-dict compatible with ``BatchNorm2d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        n_local = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype)
+        stats = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), n_local])
+        stats = all_reduce(stats)
+        c = x.shape[1]
+        count = stats[2 * c]
+        mean = stats[:c] / count
+        var = stats[c:2 * c] / count - mean * mean
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            m = self.momentum
+            self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+            self.running_var.mul_(1 - m).add_(var.detach() * count / (count - 1), alpha=m)
+        y = (x - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
+        return y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+
+
+def _use_global_batchnorm(model: torch.nn.Module) -> None:
+    for name, child in model.named_children():
+        if type(child) is torch.nn.BatchNorm2d:
+            child.__class__ = GlobalBatchNorm2d
+        else:
+            _use_global_batchnorm(child)
+
+
 def build_model(cfg: TrainConfig) -> UNet:
     return UNet(cfg.model_config())
 
@@ -230,7 +267,10 @@ def train(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progre
 
     train_model = model
     if world > 1:
-        train_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) if dev.type == "cuda" else model
+        if dev.type == "cuda":
+            train_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            _use_global_batchnorm(model)
         train_model = torch.nn.parallel.DistributedDataParallel(train_model)
     if cfg.compile:
         train_model = torch.compile(train_model)
