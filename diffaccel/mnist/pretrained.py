@@ -37,6 +37,15 @@ class MNISTDiffusion:
     num_timesteps: int = 300
     alphas_cumprod: Optional[torch.Tensor] = None
     info: dict = field(default_factory=dict)
+    _fast: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def inference_model(self, compile: bool = False) -> torch.nn.Module:
+        """The UNet with BatchNorm folded and channels-last (cached; a snapshot of the current weights)."""
+        from .inference import optimize_for_inference
+
+        if compile not in self._fast:
+            self._fast[compile] = optimize_for_inference(self.model, compile=compile)
+        return self._fast[compile]
 
     @property
     def conditioning(self) -> str:
@@ -54,6 +63,7 @@ class MNISTDiffusion:
 
     def to(self, device) -> "MNISTDiffusion":
         self.model.to(device)
+        self._fast.clear()
         if self.alphas_cumprod is not None:
             self.alphas_cumprod = self.alphas_cumprod.to(device)
         return self

@@ -20,13 +20,27 @@ from .pretrained import MNISTDiffusion
 SAMPLERS = ("ddpm", "ddim")
 
 
+def stream_seed(seed: int, index: int) -> int:
+    """A 32-bit seed for sample ``index`` of run ``seed`` (splitmix64 of the pair).
+
+    PyTorch's CPU generator (mt19937) keeps only 32 bits of its seed, so ``(seed, index)`` is
+    mixed rather than packed: packing ``seed * 2**32 + index`` would drop ``seed`` entirely.
+    """
+    z = ((seed & 0xFFFFFFFF) << 32 | (index & 0xFFFFFFFF)) + 0x9E3779B97F4A7C15
+    z &= 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    z ^= z >> 31
+    return (z ^ (z >> 32)) & 0xFFFFFFFF
+
+
 class PerSampleNoise:
-    """Independent N(0, I) streams, one per sample index: ``Generator(seed * 2**32 + index)``."""
+    """Independent N(0, I) streams, one per sample index, seeded by :func:`stream_seed`."""
 
     def __init__(self, seed: int, indices: Sequence[int], shape, device="cpu"):
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
-        self.gens = [torch.Generator().manual_seed(seed * 2**32 + int(i)) for i in indices]
+        self.gens = [torch.Generator().manual_seed(stream_seed(seed, int(i))) for i in indices]
         self.shape = tuple(shape)
         self.device = torch.device(device)
         self._buf = torch.empty((len(self.gens), *self.shape))
@@ -68,8 +82,8 @@ def _labels_for(model: MNISTDiffusion, labels, n: Optional[int]) -> tuple:
 
 @torch.inference_mode()
 def _sample_batch(model: MNISTDiffusion, labels, indices, guidance_scale, num_steps, seed, sampler,
-                  callback, progress, backend):
-    net, dev = model.model, model.device
+                  callback, progress, backend, compile):
+    net, dev = model.inference_model(compile=compile), model.device
     n = len(indices)
     noise = PerSampleNoise(seed, indices, (1, 28, 28), dev)
     x = noise.draw()
@@ -127,13 +141,14 @@ def sample(model: MNISTDiffusion, labels: Union[Sequence[int], torch.Tensor, Non
            guidance_scale: float = 5.0, num_steps: Optional[int] = None, seed: int = 0, *,
            sampler: str = "ddpm", batch_size: int = 512, start_index: int = 0,
            callback: Optional[Callable[[dict], None]] = None, progress: bool = False,
-           backend: str = "auto") -> torch.Tensor:
+           backend: str = "auto", compile: bool = False) -> torch.Tensor:
     """Sample digits: a float tensor [N, 1, 28, 28] in [0, 1] on the model's device.
 
     Class-conditional models use CFG with ``guidance_scale`` (SPEC B2.5; ``labels`` default to
     ``0, 1, ..., 9, 0, ...``); time-conditioned models ignore it. ``num_steps=None`` runs all T
     DDPM steps (flow: 300 Euler steps); fewer gives strided DDPM (``sampler="ddpm"``) or DDIM.
-    Sample ``k`` uses the noise stream ``(seed, start_index + k)``.
+    Sample ``k`` uses the noise stream ``(seed, start_index + k)``. The UNet runs with BatchNorm
+    folded and channels-last (:mod:`diffaccel.mnist.inference`); ``compile=True`` also compiles it.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -149,7 +164,7 @@ def sample(model: MNISTDiffusion, labels: Union[Sequence[int], torch.Tensor, Non
         e = min(n, s + batch_size)
         lab = labels[s:e] if labels is not None else None
         outs.append(_sample_batch(model, lab, range(start_index + s, start_index + e), float(guidance_scale),
-                                  num_steps, seed, sampler, callback, progress, backend))
+                                  num_steps, seed, sampler, callback, progress, backend, compile))
     return torch.cat(outs)
 
 

@@ -1,0 +1,379 @@
+// CPU kernels of the sampler-step family: cfg_combine (SPEC A1.6), the DDPM posterior step with
+// optional CFG, learned-range variance, x0 clipping and dynamic thresholding (SPEC A1.4 / B2.3),
+// and the DDIM step. Semantics are exactly diffaccel/reference.py's; guidance, x0_hat, the
+// posterior mean and the noise term are fused into one pass over memory (two with dynamic
+// thresholding, which needs a per-sample quantile of |x0_hat| first).
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <vector>
+
+#include "../checks.h"
+#include "../schedule.h"
+#include "vec_utils.h"
+
+namespace diffaccel::cpu {
+namespace {
+
+// Samples at least this large take the parallel radix select for dynamic thresholding.
+constexpr int64_t kRadixSelectMin = int64_t{1} << 18;
+
+template <typename T>
+const T* opt_ptr(const std::optional<at::Tensor>& x) {
+  return x.has_value() ? x->const_data_ptr<T>() : nullptr;
+}
+
+// Guided eps on one vector: eps_u + scale (eps_c - eps_u), or eps_u without guidance. Kept in
+// float32: fused, the guided eps is never stored, so the step's output is the only rounding to
+// the storage dtype (functional._TorchBackend composes the reference the same way).
+template <bool kCfg>
+inline fVec guided_eps(const std::array<const float*, 5>& in, int64_t i, int64_t r, const fVec& scale) {
+  const fVec u = fVec::loadu(in[1] + i, r);
+  if constexpr (kCfg) {
+    return fmadd(scale, fVec::loadu(in[2] + i, r) - u, u);
+  } else {
+    return u;
+  }
+}
+
+// out = eps_u + scale (eps_c - eps_u), elementwise over any shape.
+void cfg_combine(const at::Tensor& eps_u, const at::Tensor& eps_c, double scale, at::Tensor out) {
+  check_image("eps_uncond", eps_u);
+  check_like("eps_cond", eps_c, eps_u);
+  check_like("out", out, eps_u);
+  const fVec g(static_cast<float>(scale));
+  DIFFACCEL_DISPATCH(eps_u.scalar_type(), "cfg_combine", [&] {
+    const scalar_t* up = eps_u.const_data_ptr<scalar_t>();
+    const scalar_t* cp = eps_c.const_data_ptr<scalar_t>();
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, eps_u.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      for_each_block<2>(std::array{up, cp}, op, begin, end, [&](const auto& in, float* o, int64_t n) {
+        vmap(in, o, n, [&](fVec u, fVec c) { return fmadd(g, c - u, u); });
+      });
+    });
+  });
+}
+
+// ----------------------------------------------------------------------------- DDPM
+// Per-sample constants of reference.ddpm_step, in float32 like the reference.
+struct DdpmSample {
+  float s1a, sa;      // sqrt(1 - abar_t), sqrt(abar_t): x0_hat = (x - s1a eps) / sa
+  float c_x0, c_xt;   // mean = c_x0 x0_hat + c_xt x_t (c_x0 also carries 1/s of thresholding)
+  float std;          // fixed_small / fixed_large standard deviation
+  float lv_a, lv_b;   // learned_range: std = exp(lv_a + lv_b * predicted_variance)
+  float clip;         // x0_hat is clamped to [-clip, clip] (inf: no clamp)
+  bool noisy;         // noise given and t > 0
+};
+
+std::vector<DdpmSample> ddpm_constants(const at::Tensor& abar, const at::Tensor& t, const at::Tensor& t_prev,
+                                       bool has_noise, int64_t variance_type, double clip_x0) {
+  const float* a = abar.const_data_ptr<float>();
+  const int64_t* tp = t.const_data_ptr<int64_t>();
+  const int64_t* pp = t_prev.const_data_ptr<int64_t>();
+  std::vector<DdpmSample> c(t.numel());
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    const float a_t = abar_at(a, tp[i]), a_p = abar_at(a, pp[i]);
+    const float alpha = a_t / a_p, beta = 1.0f - alpha;
+    DdpmSample& s = c[i];
+    s.s1a = std::sqrt(1.0f - a_t);
+    s.sa = std::sqrt(a_t);
+    s.c_x0 = std::sqrt(a_p) * beta / (1.0f - a_t);
+    s.c_xt = std::sqrt(alpha) * (1.0f - a_p) / (1.0f - a_t);
+    const float small = std::max((1.0f - a_p) / (1.0f - a_t) * beta, 1e-20f);
+    s.std = variance_type == 1 ? std::sqrt(beta) : std::sqrt(small);
+    // 0.5 (frac log beta + (1 - frac) log small) with frac = (v + 1) / 2, as lv_a + lv_b v.
+    const float half_span = 0.25f * (std::log(beta) - std::log(small));
+    s.lv_a = 0.5f * std::log(small) + half_span;
+    s.lv_b = half_span;
+    s.clip = clip_x0 > 0 ? static_cast<float>(clip_x0) : std::numeric_limits<float>::infinity();
+    s.noisy = has_noise && tp[i] > 0;
+  }
+  return c;
+}
+
+// in = {x_t, eps_u, eps_c, noise, predicted_variance}; kNoise: 0 none, 1 per-sample std, 2 learned.
+template <bool kCfg, int kNoise>
+void ddpm_block(const std::array<const float*, 5>& in, float* o, int64_t n, const DdpmSample& c, const fVec& g) {
+  const fVec s1a(c.s1a), sa(c.sa), c_x0(c.c_x0), c_xt(c.c_xt), sd(c.std), lv_a(c.lv_a), lv_b(c.lv_b);
+  const fVec lo(-c.clip), hi(c.clip);
+  vloop(n, [&](int64_t i, int64_t r) {
+    const fVec x = fVec::loadu(in[0] + i, r);
+    const fVec e = guided_eps<kCfg>(in, i, r, g);
+    const fVec x0 = at::vec::clamp(fnmadd(s1a, e, x) / sa, lo, hi);
+    fVec y = fmadd(c_x0, x0, c_xt * x);
+    if constexpr (kNoise == 1) {
+      y = fmadd(sd, fVec::loadu(in[3] + i, r), y);
+    } else if constexpr (kNoise == 2) {
+      const fVec std_learned = fmadd(lv_b, fVec::loadu(in[4] + i, r), lv_a).exp_u20();
+      y = fmadd(std_learned, fVec::loadu(in[3] + i, r), y);
+    }
+    y.store(o + i, r);
+  });
+}
+
+template <bool kCfg>
+void ddpm_block_any(const std::array<const float*, 5>& in, float* o, int64_t n, const DdpmSample& c, const fVec& g,
+                    int64_t variance_type) {
+  if (!c.noisy) {
+    ddpm_block<kCfg, 0>(in, o, n, c, g);
+  } else if (variance_type == 2) {
+    ddpm_block<kCfg, 2>(in, o, n, c, g);
+  } else {
+    ddpm_block<kCfg, 1>(in, o, n, c, g);
+  }
+}
+
+// |x0_hat| of one block, the input of the dynamic-thresholding quantile.
+template <bool kCfg>
+void abs_x0_block(const std::array<const float*, 5>& in, float* o, int64_t n, const DdpmSample& c, const fVec& g) {
+  const fVec s1a(c.s1a), sa(c.sa);
+  vloop(n, [&](int64_t i, int64_t r) {
+    const fVec x = fVec::loadu(in[0] + i, r);
+    (fnmadd(s1a, guided_eps<kCfg>(in, i, r, g), x) / sa).abs().store(o + i, r);
+  });
+}
+
+// torch.quantile's linear interpolation between the order statistics around `rank`
+// (torch's lerp formula, so the result matches it bit for bit).
+inline float lerp_rank(float lo, float hi, float rank) {
+  const float w = rank - std::floor(rank);
+  return w < 0.5f ? lo + w * (hi - lo) : hi - (hi - lo) * (1.0f - w);
+}
+
+// The `ratio` quantile of v[0, n) with linear interpolation, exactly as torch.quantile: rank
+// ratio * (n - 1) in float32, the two order statistics around it, torch's lerp. Reorders v.
+// Serial: for many small samples, which are processed in parallel.
+float quantile_select(float* v, int64_t n, double ratio) {
+  const float rank = static_cast<float>(ratio) * static_cast<float>(n - 1);
+  const int64_t below = static_cast<int64_t>(rank), above = static_cast<int64_t>(std::ceil(rank));
+  std::nth_element(v, v + below, v + n);
+  // After nth_element everything right of `below` is >= v[below]: the next order statistic is their min.
+  const float hi = above > below ? *std::min_element(v + below + 1, v + n) : v[below];
+  return lerp_rank(v[below], hi, rank);
+}
+
+// Order statistics `below` and `above` (= below or below + 1) of v, interpolated at `rank`.
+float quantile_select_ranks(std::vector<float>& v, int64_t below, int64_t above, float rank) {
+  std::nth_element(v.begin(), v.begin() + below, v.end());
+  const float hi = above > below ? *std::min_element(v.begin() + below + 1, v.end()) : v[below];
+  return lerp_rank(v[below], hi, rank);
+}
+
+// Calls fn(values, count) on consecutive blocks of |x0_hat| over the flat range [lo, hi) of one
+// sample: the input of the dynamic-thresholding quantile, recomputed from x_t and eps rather
+// than stored (a fresh image-sized scratch would page-fault on every step).
+template <typename scalar_t, typename Fn>
+void for_each_abs_x0_block(const std::array<const scalar_t*, 5>& in, int64_t lo, int64_t hi, const DdpmSample& c,
+                           const fVec& g, bool cfg, const Fn& fn) {
+  float buf[kBlock];
+  for (int64_t b = lo; b < hi; b += kBlock) {
+    const int64_t n = std::min(kBlock, hi - b);
+    std::array<const scalar_t*, 5> block{};
+    for (size_t k = 0; k < in.size(); ++k) block[k] = in[k] == nullptr ? nullptr : in[k] + b;
+    for_each_block<5>(block, buf, 0, n, [&](const auto& f, float* o, int64_t m) {
+      cfg ? abs_x0_block<true>(f, o, m, c, g) : abs_x0_block<false>(f, o, m, c, g);
+    });
+    fn(static_cast<const float*>(buf), n);
+  }
+}
+
+// The quantile of |x0_hat| over one large sample by a radix select that uses every thread: the
+// bit patterns of non-negative floats order like the floats, so a histogram of their top 16
+// bits (built in parallel) locates the bins holding the two order statistics, and only the
+// values in those bins (a small fraction) are selected exactly. nth_element on the whole
+// sample would be serial and cache-unfriendly.
+template <typename scalar_t>
+float quantile_abs_x0_radix(const std::array<const scalar_t*, 5>& in, int64_t base, int64_t n, const DdpmSample& c,
+                            const fVec& g, bool cfg, double ratio) {
+  constexpr int64_t kBins = int64_t{1} << 16;
+  auto bin = [](float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, sizeof u);
+    return static_cast<int64_t>(u >> 16);
+  };
+  const float rank = static_cast<float>(ratio) * static_cast<float>(n - 1);
+  const int64_t below = static_cast<int64_t>(rank), above = static_cast<int64_t>(std::ceil(rank));
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n / kGrain));
+  auto chunk_lo = [&](int64_t k) { return base + k * n / chunks; };
+
+  std::vector<uint32_t> hist(chunks * kBins, 0);
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      uint32_t* h = hist.data() + k * kBins;
+      for_each_abs_x0_block(in, chunk_lo(k), chunk_lo(k + 1), c, g, cfg, [&](const float* v, int64_t m) {
+        for (int64_t i = 0; i < m; ++i) ++h[bin(v[i])];
+      });
+    }
+  });
+  // The bins holding ranks `below` and `above`; `first` = how many values lie below b_lo.
+  int64_t cum = 0, first = 0, b_lo = -1, b_hi = -1;
+  for (int64_t b = 0; b < kBins && b_hi < 0; ++b) {
+    int64_t count = 0;
+    for (int64_t k = 0; k < chunks; ++k) count += hist[k * kBins + b];
+    if (b_lo < 0 && cum + count > below) {
+      b_lo = b;
+      first = cum;
+    }
+    if (cum + count > above) b_hi = b;
+    cum += count;
+  }
+  std::vector<std::vector<float>> parts(chunks);
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      for_each_abs_x0_block(in, chunk_lo(k), chunk_lo(k + 1), c, g, cfg, [&](const float* v, int64_t m) {
+        for (int64_t i = 0; i < m; ++i) {
+          const int64_t b = bin(v[i]);
+          if (b >= b_lo && b <= b_hi) parts[k].push_back(v[i]);
+        }
+      });
+    }
+  });
+  std::vector<float> sel;
+  for (const auto& part : parts) sel.insert(sel.end(), part.begin(), part.end());
+  return quantile_select_ranks(sel, below - first, above - first, rank);
+}
+
+void ddpm_step(const at::Tensor& x_t, const at::Tensor& eps_u, const std::optional<at::Tensor>& eps_c, double scale,
+               const at::Tensor& abar, const at::Tensor& t, const at::Tensor& t_prev,
+               const std::optional<at::Tensor>& noise, int64_t variance_type,
+               const std::optional<at::Tensor>& predicted_variance, double clip_x0, double threshold_ratio,
+               double threshold_max, at::Tensor out) {
+  check_image("x_t", x_t);
+  check_like("eps_uncond", eps_u, x_t);
+  check_optional_like("eps_cond", eps_c, x_t);
+  check_optional_like("noise", noise, x_t);
+  check_optional_like("predicted_variance", predicted_variance, x_t);
+  check_like("out", out, x_t);
+  check_step_schedule(x_t, abar, t, t_prev);
+  check_ddpm_options(variance_type, predicted_variance, threshold_ratio, threshold_max);
+  if (x_t.numel() == 0) return;
+
+  const bool threshold = threshold_ratio > 0;
+  auto coef = ddpm_constants(abar, t, t_prev, noise.has_value(), variance_type, threshold ? 0.0 : clip_x0);
+  const int64_t per_sample = x_t.numel() / x_t.size(0);
+  const fVec g(static_cast<float>(scale));
+  const bool cfg = eps_c.has_value();
+
+  DIFFACCEL_DISPATCH(x_t.scalar_type(), "ddpm_step", [&] {
+    const std::array<const scalar_t*, 5> in{x_t.const_data_ptr<scalar_t>(), eps_u.const_data_ptr<scalar_t>(),
+                                            opt_ptr<scalar_t>(eps_c), opt_ptr<scalar_t>(noise),
+                                            opt_ptr<scalar_t>(predicted_variance)};
+    if (threshold) {
+      // Pass 1: per sample s = clamp(quantile of |x0_hat|, 1, max); pass 2 (below) clamps
+      // x0_hat to [-s, s], the 1/s being folded into the mean's coefficient.
+      auto set_threshold = [&](int64_t s, float q) {
+        const float thr = std::min(std::max(q, 1.0f), static_cast<float>(threshold_max));
+        coef[s].clip = thr;
+        coef[s].c_x0 /= thr;
+      };
+      if (per_sample >= kRadixSelectMin) {  // few large samples: parallel within each
+        for (int64_t s = 0; s < x_t.size(0); ++s)
+          set_threshold(s, quantile_abs_x0_radix(in, s * per_sample, per_sample, coef[s], g, cfg, threshold_ratio));
+      } else {  // many small samples: parallel over samples, |x0_hat| of one sample at a time
+        at::parallel_for(0, x_t.size(0), 1, [&](int64_t begin, int64_t end) {
+          std::vector<float> v(per_sample);
+          for (int64_t s = begin; s < end; ++s) {
+            int64_t filled = 0;
+            for_each_abs_x0_block(in, s * per_sample, (s + 1) * per_sample, coef[s], g, cfg,
+                                  [&](const float* a, int64_t m) {
+                                    std::copy(a, a + m, v.data() + filled);
+                                    filled += m;
+                                  });
+            set_threshold(s, quantile_select(v.data(), per_sample, threshold_ratio));
+          }
+        });
+      }
+    }
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, x_t.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      for_each_segment(begin, end, per_sample, [&](int64_t s, int64_t lo, int64_t hi) {
+        for_each_block<5>(in, op, lo, hi, [&](const auto& f, float* o, int64_t n) {
+          cfg ? ddpm_block_any<true>(f, o, n, coef[s], g, variance_type)
+              : ddpm_block_any<false>(f, o, n, coef[s], g, variance_type);
+        });
+      });
+    });
+  });
+}
+
+// ----------------------------------------------------------------------------- DDIM
+struct DdimSample {
+  float s1a, sa;  // x0_hat = (x - s1a eps) / sa
+  float sap;      // sqrt(abar_prev)
+  float dir;      // sqrt(max(1 - abar_prev - sigma^2, 0)), the "direction pointing to x_t"
+  float sigma;    // eta sqrt((1 - abar_prev) / (1 - abar_t) (1 - abar_t / abar_prev))
+  bool noisy;     // noise given and eta > 0
+};
+
+template <bool kCfg, bool kNoise>
+void ddim_block(const std::array<const float*, 5>& in, float* o, int64_t n, const DdimSample& c, const fVec& g) {
+  const fVec s1a(c.s1a), sa(c.sa), sap(c.sap), dir(c.dir), sigma(c.sigma);
+  vloop(n, [&](int64_t i, int64_t r) {
+    const fVec x = fVec::loadu(in[0] + i, r);
+    const fVec e = guided_eps<kCfg>(in, i, r, g);
+    const fVec x0 = fnmadd(s1a, e, x) / sa;
+    fVec y = fmadd(sap, x0, dir * e);
+    if constexpr (kNoise) y = fmadd(sigma, fVec::loadu(in[3] + i, r), y);
+    y.store(o + i, r);
+  });
+}
+
+void ddim_step(const at::Tensor& x_t, const at::Tensor& eps_u, const std::optional<at::Tensor>& eps_c, double scale,
+               const at::Tensor& abar, const at::Tensor& t, const at::Tensor& t_prev, double eta,
+               const std::optional<at::Tensor>& noise, at::Tensor out) {
+  check_image("x_t", x_t);
+  check_like("eps_uncond", eps_u, x_t);
+  check_optional_like("eps_cond", eps_c, x_t);
+  check_optional_like("noise", noise, x_t);
+  check_like("out", out, x_t);
+  check_step_schedule(x_t, abar, t, t_prev);
+  TORCH_CHECK_VALUE(eta >= 0, "diffaccel: eta must be >= 0, got ", eta);
+  if (x_t.numel() == 0) return;
+
+  const float* a = abar.const_data_ptr<float>();
+  const int64_t* tp = t.const_data_ptr<int64_t>();
+  const int64_t* pp = t_prev.const_data_ptr<int64_t>();
+  std::vector<DdimSample> coef(x_t.size(0));
+  for (int64_t i = 0; i < x_t.size(0); ++i) {
+    const float a_t = abar_at(a, tp[i]), a_p = abar_at(a, pp[i]);
+    const float var = (1.0f - a_p) / (1.0f - a_t) * (1.0f - a_t / a_p);
+    const float sigma = static_cast<float>(eta) * std::sqrt(var);
+    coef[i] = {std::sqrt(1.0f - a_t), std::sqrt(a_t), std::sqrt(a_p), std::sqrt(std::max(1.0f - a_p - sigma * sigma, 0.0f)),
+               sigma, noise.has_value() && eta > 0};
+  }
+  const int64_t per_sample = x_t.numel() / x_t.size(0);
+  const fVec g(static_cast<float>(scale));
+  const bool cfg = eps_c.has_value();
+
+  DIFFACCEL_DISPATCH(x_t.scalar_type(), "ddim_step", [&] {
+    const std::array<const scalar_t*, 5> in{x_t.const_data_ptr<scalar_t>(), eps_u.const_data_ptr<scalar_t>(),
+                                            opt_ptr<scalar_t>(eps_c), opt_ptr<scalar_t>(noise), nullptr};
+    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, x_t.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      for_each_segment(begin, end, per_sample, [&](int64_t s, int64_t lo, int64_t hi) {
+        const DdimSample& c = coef[s];
+        for_each_block<5>(in, op, lo, hi, [&](const auto& f, float* o, int64_t n) {
+          if (cfg) {
+            c.noisy ? ddim_block<true, true>(f, o, n, c, g) : ddim_block<true, false>(f, o, n, c, g);
+          } else {
+            c.noisy ? ddim_block<false, true>(f, o, n, c, g) : ddim_block<false, false>(f, o, n, c, g);
+          }
+        });
+      });
+    });
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(diffaccel, CPU, m) {
+  m.impl("cfg_combine", &cfg_combine);
+  m.impl("ddpm_step", &ddpm_step);
+  m.impl("ddim_step", &ddim_step);
+}
+
+}  // namespace diffaccel::cpu

@@ -1,0 +1,126 @@
+// Building blocks of the CPU kernels: float32 math on any storage dtype, in cache-sized blocks.
+//
+// Every kernel is written once, on float32 vectors (at::vec::Vectorized<float>). Inputs are
+// read a block at a time: float32 storage is used in place, float16 / bfloat16 / float64 are
+// converted into a small stack buffer that stays in L1, and the result block is converted back.
+// This keeps the fp32 path copy-free and the reduced-precision paths vectorized.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16-math.h>
+
+#include <algorithm>
+#include <array>
+#include <type_traits>
+#include <utility>
+
+namespace diffaccel::cpu {
+
+using fVec = at::vec::Vectorized<float>;
+
+// Elements per block: 2 KiB per float stream, so the five or six streams of a step fit in L1.
+constexpr int64_t kBlock = 512;
+// Elements per parallel task: large enough to amortise scheduling, small enough that a batch-1
+// tensor still splits over every thread.
+constexpr int64_t kGrain = 32768;
+
+template <typename scalar_t>
+inline void to_float(const scalar_t* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  if constexpr (c10::is_reduced_floating_point_v<scalar_t>) {
+    using bVec = at::vec::Vectorized<scalar_t>;
+    for (; i + bVec::size() <= n; i += bVec::size()) {
+      auto [a, b] = at::vec::convert_to_float<scalar_t>(bVec::loadu(src + i));
+      a.store(dst + i);
+      b.store(dst + i + fVec::size());
+    }
+  }
+  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+template <typename scalar_t>
+inline void from_float(const float* src, scalar_t* dst, int64_t n) {
+  int64_t i = 0;
+  if constexpr (c10::is_reduced_floating_point_v<scalar_t>) {
+    using bVec = at::vec::Vectorized<scalar_t>;
+    for (; i + bVec::size() <= n; i += bVec::size()) {
+      at::vec::convert_from_float<scalar_t>(fVec::loadu(src + i), fVec::loadu(src + i + fVec::size()))
+          .store(dst + i);
+    }
+  }
+  for (; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
+}
+
+// `n` floats of `src` (nullptr stays nullptr): `src` itself for float32 storage, else `buf`.
+template <typename scalar_t>
+inline const float* load_block(const scalar_t* src, float* buf, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return src;
+  } else {
+    if (src == nullptr) return nullptr;
+    to_float(src, buf, n);
+    return buf;
+  }
+}
+
+// Runs `body(in, out, n)` over [begin, end) in blocks, `in` being K float pointers (nullptr for
+// an absent optional input) and `out` a float pointer (into `dst` itself when it is float32).
+// Inputs of a block are read before its output is written, so `dst` may alias any input.
+template <size_t K, typename scalar_t, typename out_t, typename Body>
+inline void for_each_block(const std::array<const scalar_t*, K>& in, out_t* dst, int64_t begin, int64_t end,
+                           const Body& body) {
+  [[maybe_unused]] float in_buf[K][std::is_same_v<scalar_t, float> ? 1 : kBlock];
+  [[maybe_unused]] float out_buf[std::is_same_v<out_t, float> ? 1 : kBlock];
+  for (int64_t b = begin; b < end; b += kBlock) {
+    const int64_t n = std::min(kBlock, end - b);
+    std::array<const float*, K> f;
+    for (size_t k = 0; k < K; ++k) f[k] = load_block(in[k] == nullptr ? nullptr : in[k] + b, in_buf[k], n);
+    if constexpr (std::is_same_v<out_t, float>) {
+      body(f, dst + b, n);
+    } else {
+      body(f, out_buf, n);
+      from_float(out_buf, dst + b, n);
+    }
+  }
+}
+
+// Calls f(i, count) for each vector of [0, n): full vectors, then one partial tail, so a
+// formula has a single (vector) code path; fVec::loadu(p, count) / store(p, count) do the tail.
+template <typename F>
+inline void vloop(int64_t n, const F& f) {
+  int64_t i = 0;
+  for (; i + fVec::size() <= n; i += fVec::size()) f(i, static_cast<int64_t>(fVec::size()));
+  if (i < n) f(i, n - i);
+}
+
+// out[i] = op(in[0][i], ..., in[K-1][i]) on float vectors.
+template <size_t K, typename Op, size_t... I>
+inline void vmap_impl(const std::array<const float*, K>& in, float* out, int64_t n, const Op& op,
+                      std::index_sequence<I...>) {
+  vloop(n, [&](int64_t i, int64_t r) { op(fVec::loadu(in[I] + i, r)...).store(out + i, r); });
+}
+
+template <size_t K, typename Op>
+inline void vmap(const std::array<const float*, K>& in, float* out, int64_t n, const Op& op) {
+  vmap_impl(in, out, n, op, std::make_index_sequence<K>{});
+}
+
+// Splits [begin, end) at multiples of `segment` and calls fn(segment_index, lo, hi) per piece:
+// how a flat parallel range is cut into per-sample (or per-plane) runs with their own constants.
+template <typename Fn>
+inline void for_each_segment(int64_t begin, int64_t end, int64_t segment, const Fn& fn) {
+  while (begin < end) {
+    const int64_t s = begin / segment;
+    const int64_t hi = std::min(end, (s + 1) * segment);
+    fn(s, begin, hi);
+    begin = hi;
+  }
+}
+
+// Dispatch over the storage dtypes (math in float32).
+#define DIFFACCEL_DISPATCH(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+}  // namespace diffaccel::cpu

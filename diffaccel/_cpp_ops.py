@@ -1,0 +1,94 @@
+"""The ``cpp`` backend: diffaccel's C++ operators (``torch.ops.diffaccel.*``).
+
+Importing this module loads the compiled extension ``diffaccel._C`` (built by ``setup.py``),
+whose only job is to register the operators: schemas in ``csrc/diffaccel.cpp``, CPU kernels in
+``csrc/cpu/``, CUDA kernels (where built) in ``csrc/cuda/``. Raises ImportError when the
+extension is missing or unusable; :mod:`diffaccel._backends` catches it, warns once and falls
+back to the reference.
+
+Each op writes into ``out`` and returns nothing, so the fake (meta) kernels registered here
+have nothing to compute: ``torch.compile`` traces the ops through ``auto_functionalize``.
+"""
+from __future__ import annotations
+
+import torch
+
+try:
+    from . import _C  # noqa: F401  (loading the library registers torch.ops.diffaccel.*)
+except ImportError as e:  # re-raised with the fix in the message
+    raise ImportError(
+        f"diffaccel._C is not built ({e}); build it with `pip install --no-build-isolation -e .`") from e
+
+_OPS = ("add_noise", "predict_x0", "cfg_combine", "ddpm_step", "ddim_step", "gaussian_filter", "masked_project")
+
+
+def _check_cpu_isa() -> None:
+    """Refuse (ImportError, so the reference is used) an AVX2 build on a CPU without AVX2."""
+    if getattr(_C, "cpu_isa", "generic") == "avx2" and torch.backends.cpu.get_cpu_capability() not in (
+            "AVX2", "AVX512"):
+        raise ImportError(
+            "diffaccel._C was built for AVX2 but this CPU lacks it; rebuild with "
+            "DIFFACCEL_CPU_ISA=generic pip install --no-build-isolation -e .")
+
+
+_check_cpu_isa()
+
+
+def _fake(*args, **kwargs):
+    """Every diffaccel op mutates ``out`` in place and returns nothing: no shapes to infer."""
+    return None
+
+
+for _name in _OPS:
+    torch.library.register_fake(f"diffaccel::{_name}")(_fake)
+
+_ops = torch.ops.diffaccel
+
+
+def has_cuda_kernels() -> bool:
+    """Whether this build has the CUDA kernels (setup.py builds them where a toolkit exists)."""
+    return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"diffaccel::{n}", "CUDA") for n in _OPS)
+
+
+class Backend:
+    """``torch.ops.diffaccel.*`` behind the low-level convention of ``functional._TorchBackend``."""
+
+    name = "cpp"
+
+    @staticmethod
+    def supports(device: torch.device) -> bool:
+        device = torch.device(device)
+        if device.type == "cpu":
+            return True
+        return device.type == "cuda" and has_cuda_kernels()
+
+    @staticmethod
+    def add_noise(x0, noise, abar, t, out):
+        _ops.add_noise(x0, noise, abar, t, out)
+
+    @staticmethod
+    def predict_x0(x_t, eps, abar, t, out):
+        _ops.predict_x0(x_t, eps, abar, t, out)
+
+    @staticmethod
+    def cfg_combine(eps_u, eps_c, scale, out):
+        _ops.cfg_combine(eps_u, eps_c, scale, out)
+
+    @staticmethod
+    def ddpm_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, noise, variance_code,
+                  predicted_variance, clip_x0, th_ratio, th_max, out):
+        _ops.ddpm_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, noise, variance_code,
+                       predicted_variance, clip_x0, th_ratio, th_max, out)
+
+    @staticmethod
+    def ddim_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, eta, noise, out):
+        _ops.ddim_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, eta, noise, out)
+
+    @staticmethod
+    def gaussian_filter(low, high, kernel_size, sigma, out):
+        """``out = blur(low) + (high - blur(high))``; either input may be None."""
+        _ops.gaussian_filter(low, high, kernel_size, sigma, out)
+
+    @staticmethod
+    def masked_project(x_t, x_orig, mask, noise, abar, t, out):
+        _ops.masked_project(x_t, x_orig, mask, noise, abar, t, out)

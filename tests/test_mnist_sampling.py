@@ -1,0 +1,133 @@
+"""Part B sampling: the fast sampler equals the course-style loop, noise is per sample,
+fewer-step samplers, flow matching, the pretrained registry, BN folding."""
+import json
+
+import pytest
+import torch
+
+from diffaccel.mnist import pretrained as P
+from diffaccel.mnist import sampling as S
+from diffaccel.mnist.inference import fold_batchnorm
+from diffaccel.mnist.models import UNet, UNetConfig, one_hot
+from diffaccel.mnist.train import preset, train
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory, mnist_dir):
+    root = tmp_path_factory.mktemp("runs")
+    runs = {}
+    for name in ("ddpm_class", "ddpm_time", "flow_class"):
+        cfg = preset(name, hidden=4, batch_size=16, epochs=1, train_subset=64, max_steps_per_epoch=3, seed=0)
+        train(cfg, root / name, data_dir=mnist_dir, progress=False)
+        runs[name] = root / name
+    return runs
+
+
+def test_fast_sampler_equals_course_loop(tiny_runs):
+    m = P.MNISTDiffusion.from_train_dir(tiny_runs["ddpm_class"])
+    labels = [3, 8, 0]
+    fast = S.sample(m, labels=labels, guidance_scale=5.0, seed=7)
+    naive = S.sample_naive(m, labels, guidance_scale=5.0, seed=7)
+    assert fast.shape == (3, 1, 28, 28)
+    assert fast.min() >= 0 and fast.max() <= 1
+    torch.testing.assert_close(fast, naive, atol=2e-4, rtol=0)
+    other_seed = S.sample(m, labels=labels, guidance_scale=5.0, seed=8)
+    assert (other_seed - fast).abs().max() > 1e-2
+
+
+def test_noise_is_per_sample(tiny_runs):
+    m = P.MNISTDiffusion.from_train_dir(tiny_runs["ddpm_class"])
+    full = S.sample(m, labels=[1, 2, 3, 4, 5], num_steps=10, seed=1, batch_size=2)
+    alone = S.sample(m, labels=[4], num_steps=10, seed=1, start_index=3)
+    torch.testing.assert_close(full[3:4], alone, atol=1e-6, rtol=0)
+
+
+def test_strided_and_ddim(tiny_runs):
+    m = P.MNISTDiffusion.from_train_dir(tiny_runs["ddpm_class"])
+    assert S.ddpm_timesteps(300, 4) == [299, 199, 100, 0]
+    assert S.ddpm_timesteps(300)[:2] == [299, 298] and len(S.ddpm_timesteps(300)) == 300
+    seen = []
+    S.sample(m, labels=[1], num_steps=6, sampler="ddim", callback=lambda d: seen.append(d["t"]))
+    assert seen == S.ddpm_timesteps(300, 6)
+    a = S.sample(m, labels=[1, 2], num_steps=6, sampler="ddim", seed=0)
+    b = S.sample(m, labels=[1, 2], num_steps=6, sampler="ddim", seed=0)
+    assert torch.equal(a, b)
+
+
+def test_time_conditioned_ignores_guidance(tiny_runs):
+    m = P.MNISTDiffusion.from_train_dir(tiny_runs["ddpm_time"])
+    x = S.sample(m, n=3, num_steps=5)
+    assert x.shape == (3, 1, 28, 28)
+    with pytest.raises(ValueError, match="not class-conditional"):
+        S.sample(m, labels=[1, 2])
+
+
+def test_flow_euler_matches_manual_loop(tiny_runs):
+    m = P.MNISTDiffusion.from_train_dir(tiny_runs["flow_class"])
+    got = S.sample(m, labels=[2, 5], num_steps=8, guidance_scale=5.0, seed=4)
+    noise = S.PerSampleNoise(4, range(2), (1, 28, 28))
+    x = noise.draw()
+    c = one_hot(torch.tensor([2, 5]), 2)
+    with torch.no_grad():
+        for i in range(8):
+            t = torch.full((2,), i / 8)
+            uc, uu = m.model(x, t, c), m.model(x, t, torch.zeros_like(c))
+            x = x + (uu + 5.0 * (uc - uu)) / 8
+    torch.testing.assert_close(got, x.clamp(0, 1), atol=1e-4, rtol=0)
+
+
+def test_sample_errors(tiny_runs):
+    m = P.MNISTDiffusion.from_train_dir(tiny_runs["ddpm_class"])
+    with pytest.raises(ValueError, match="labels"):
+        S.sample(m)
+    with pytest.raises(ValueError, match="digits 0..9"):
+        S.sample(m, labels=[11])
+    with pytest.raises(ValueError, match="sampler"):
+        S.sample(m, labels=[1], sampler="euler")
+    with pytest.raises(ValueError, match="n=3 but 2 labels"):
+        S.sample(m, labels=[1, 2], n=3)
+    with pytest.raises(ValueError, match="seed"):
+        S.sample(m, labels=[1], seed=-1)
+
+
+def test_fold_batchnorm_is_exact():
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(hidden=8, conditioning="class")).train()
+    x, t, c = torch.rand(8, 1, 28, 28), torch.rand(8), one_hot(torch.arange(8) % 10, 8)
+    with torch.no_grad():
+        for _ in range(3):
+            net(x, t, c)  # non-trivial running statistics
+    net.eval()
+    folded = fold_batchnorm(net)
+    assert not any(isinstance(mod, torch.nn.BatchNorm2d) for mod in folded.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x, t, c), net(x, t, c), atol=1e-5, rtol=1e-5)
+
+
+def test_pretrained_registry(tiny_runs, tmp_path, monkeypatch):
+    import shutil
+
+    run = tiny_runs["ddpm_class"]
+    shutil.copyfile(run / "model.safetensors", tmp_path / "digits.safetensors")
+    shutil.copyfile(run / "epochs" / "epoch_001.safetensors", tmp_path / "digits.epoch1.safetensors")
+    (tmp_path / "digits.json").write_text((run / "config.json").read_text())
+    monkeypatch.setattr(P, "WEIGHTS_DIR", tmp_path)
+    import diffaccel.mnist as mnist
+
+    assert mnist.list_pretrained() == ["digits"]
+    assert mnist.pretrained_epochs("digits") == [1]
+    m = mnist.load_pretrained("digits")
+    assert m.kind == "ddpm" and m.conditioning == "class" and m.alphas_cumprod.shape == (300,)
+    x = mnist.sample(m, labels=[7], num_steps=4)
+    assert x.shape == (1, 1, 28, 28)
+    assert mnist.load_pretrained("digits", epoch=1).kind == "ddpm"
+    with pytest.raises(ValueError, match="shipped"):
+        mnist.load_pretrained("nope")
+    with pytest.raises(ValueError, match="epoch 9"):
+        mnist.load_pretrained("digits", epoch=9)
+    (tmp_path / "digits.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(ValueError, match="not a valid safetensors"):
+        mnist.load_pretrained("digits")
+    (tmp_path / "digits.json").write_text(json.dumps({"broken": True})[:-3])
+    with pytest.raises(ValueError, match="not valid JSON"):
+        mnist.load_pretrained("digits")

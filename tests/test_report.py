@@ -1,0 +1,268 @@
+"""The report (issue 5): ``run_demo`` in quick mode on stand-in weights built here.
+
+Stand-in weights are randomly initialised UNets saved with the shipped layout
+(``NAME.safetensors``, ``NAME.epoch<k>.safetensors``, ``NAME.json``, ``NAME.loss.csv``,
+``NAME.md``) — nothing is trained, so the images are noise-like but every code path runs.
+The checks: every image named in ``index.html`` exists and is a valid PNG/GIF (GIFs animate),
+every written image is in the page, and the same seed gives byte-identical files.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffaccel.mnist import pretrained
+from diffaccel.mnist.checkpoint import atomic_save_tensors
+from diffaccel.mnist.models import UNet
+from diffaccel.mnist.train import preset
+
+STAND_IN_MODELS = ("ddpm_class", "ddpm_time", "flow_class", "flow_time", "denoiser", "pure_noise")
+
+
+def build_stand_in_weights(root: Path, hidden: int = 8, epochs=(1, 2), loss_csv: bool = True,
+                           names=STAND_IN_MODELS) -> Path:
+    """Write random-init MNIST models in the shipped layout into ``root`` (D = ``hidden``)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for k, name in enumerate(names):
+        cfg = preset(name, hidden=hidden, epochs=max(epochs))
+        cfg_dict = {f: getattr(cfg, f) for f in cfg.__dataclass_fields__}
+        for ep in (*epochs, None):
+            torch.manual_seed(1000 * k + (ep or 0))
+            model = UNet(cfg.model_config())
+            path = root / (f"{name}.epoch{ep}.safetensors" if ep else f"{name}.safetensors")
+            atomic_save_tensors(path, model.state_dict())
+        steps = 4 * max(epochs)
+        losses = [(s, s // 4, 1.0 / (1 + s)) for s in range(steps)]
+        info = {"final_loss": losses[-1][2], "final_epoch_mean_loss": sum(l for *_, l in losses[-4:]) / 4,
+                "steps": steps, "wall_time_s": 0.0, "machine": "stand-in", "world_size": 1,
+                "command": "random init (tests)", "epochs_shipped": list(epochs), "eval": {}}
+        (root / f"{name}.json").write_text(json.dumps(
+            {"train_config": cfg_dict, "model_config": cfg.model_config().to_dict(), "info": info}, indent=2))
+        (root / f"{name}.md").write_text(f"# stand-in `{name}` (random init, tests only)\n")
+        if loss_csv:
+            with open(root / f"{name}.loss.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["step", "epoch", "loss"])
+                w.writerows(losses)
+    return root
+
+
+@pytest.fixture
+def weights_dir(tmp_path_factory, monkeypatch):
+    """Stand-in weights; ``pretrained.WEIGHTS_DIR`` is read at import time, so patch it as well as the env."""
+    root = build_stand_in_weights(tmp_path_factory.mktemp("weights"))
+    monkeypatch.setenv("DIFFACCEL_WEIGHTS_DIR", str(root))
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", root)
+    return root
+
+
+class _Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.srcs, self.text = [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.srcs.append(dict(attrs)["src"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse_report(index: Path):
+    p = _Images()
+    p.feed(index.read_text(encoding="utf-8"))
+    return p.srcs, " ".join(p.text)
+
+
+def check_images(out: Path, srcs) -> None:
+    """Every named image exists and decodes; every GIF has more than one frame."""
+    from PIL import Image
+
+    assert srcs, "the report names no images"
+    for src in srcs:
+        path = out / src
+        assert path.is_file(), f"{src} is named in index.html but was not written"
+        with Image.open(path) as im:
+            im.verify()  # structure + checksums
+        with Image.open(path) as im:
+            im.load()  # and it decodes
+            assert im.width > 0 and im.height > 0
+            if path.suffix == ".gif":
+                assert getattr(im, "n_frames", 1) > 1, f"{src} does not animate"
+
+
+def _files(out: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
+
+
+@pytest.fixture
+def quick_report(weights_dir, tmp_path, mnist_dir):
+    from diffaccel.report.demo import run_demo
+
+    out = tmp_path / "report"
+    index = run_demo(out, seed=0, quick=True, progress=False, data_dir=mnist_dir)
+    return out, index
+
+
+def test_quick_demo_writes_every_figure(quick_report):
+    from diffaccel.report.html import SECTIONS
+    from diffaccel.report.parta import IF_NEEDS
+
+    out, index = quick_report
+    assert index == out / "index.html"
+    srcs, text = parse_report(index)
+    check_images(out, srcs)
+    written = {p.name for p in out.iterdir() if p.suffix in (".png", ".gif")}
+    assert written == set(srcs), f"images written but not in the page: {sorted(written - set(srcs))}"
+    assert sum(s.endswith(".gif") for s in srcs) >= 5  # CFG run, anagram turning, 3 sampling grids
+    for sec in [s for s in SECTIONS if s != "A"]:
+        assert SECTIONS[sec] in text, f"section {sec} missing from the report"
+    # without IF weights, one sentence says what the IF sections need
+    assert text.count(IF_NEEDS) == 1 and "--if-stage1" in IF_NEEDS and "--embeds" in IF_NEEDS
+    assert "Not rendered" not in text  # every stand-in model is there, so every figure is rendered
+    # every caption states the seed
+    html = index.read_text()
+    assert html.count("<figcaption>") == html.count("<figure ")
+    for cap in html.split("<figcaption>")[1:]:
+        cap = cap.split("</figcaption>")[0]
+        assert "seed" in cap or "loss" in cap.lower(), cap
+
+
+def test_same_seed_same_report(quick_report, tmp_path, mnist_dir):
+    from diffaccel.report.demo import run_demo
+    from diffaccel.report.partb import write_partb_figures
+
+    out, _ = quick_report
+    again = run_demo(tmp_path / "again", seed=0, quick=True, progress=False, data_dir=mnist_dir).parent
+    a, b = _files(out), _files(again)
+    assert a.keys() == b.keys()
+    different = [k for k in a if a[k] != b[k]]
+    assert not different, f"same seed, different bytes: {different}"
+    # another seed changes the noise of every figure that draws any
+    other = tmp_path / "seed1"
+    write_partb_figures(other, seed=1, quick=True, progress=False, data_dir=mnist_dir)
+    c = _files(other)
+    changed = [k for k in c if k.endswith(".png") and c[k] != a.get(k)]
+    assert all(any(part in k for k in changed) for part in ("noising_d0_s0.2", "denoiser_d0_noisy", "ood_noisy",
+                                                            "pure_noise_in0")), changed
+
+
+def test_missing_loss_log_and_model_are_said(weights_dir, tmp_path, mnist_dir):
+    from diffaccel.report.partb import write_partb_figures
+
+    (weights_dir / "ddpm_time.loss.csv").unlink()
+    for p in weights_dir.glob("flow_time*"):
+        p.unlink()
+    figs = write_partb_figures(tmp_path / "b", quick=True, progress=False, data_dir=mnist_dir)
+    notes = {f.title: f.note for f in figs if f.note}
+    assert "ddpm_time.loss.csv" in notes["Training loss of `ddpm_time`"]
+    assert any("flow_time" in n and "not among the shipped weights" in n for n in notes.values())
+    for f in figs:
+        assert bool(f.files) != bool(f.note), f.title
+        for src in f.files:
+            assert (tmp_path / "b" / src).is_file()
+
+
+def test_demo_argument_errors(tmp_path):
+    from diffaccel.report.demo import run_demo
+
+    with pytest.raises(ValueError, match="seed"):
+        run_demo(tmp_path, seed=-1)
+    with pytest.raises(ValueError, match="if_stage1"):
+        run_demo(tmp_path, if_stage2="x")
+    with pytest.raises(ValueError, match="embeds"):
+        run_demo(tmp_path, if_stage1="x")
+
+
+# ----------------------------------------------------------------------------- IF
+def _tiny_if(tmp: Path) -> tuple:
+    """Random IF-architecture stage I and II UNets + prompt embeddings, saved like the hub layout."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from diffaccel.pipelines.denoisers import IF_SCHEDULER_CONFIG
+    from diffaccel.pipelines.loading import save_prompt_embeds
+
+    dirs = []
+    for stage in (1, 2):
+        torch.manual_seed(stage)
+        unet = UNet2DConditionModel(
+            sample_size=32, in_channels=3 if stage == 1 else 6, out_channels=6, layers_per_block=1,
+            block_out_channels=(32, 64), down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+            mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+            up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+            cross_attention_dim=32, encoder_hid_dim=16, attention_head_dim=8, addition_embed_type="text",
+            addition_embed_type_num_heads=2, cross_attention_norm="group_norm", resnet_time_scale_shift="scale_shift",
+            act_fn="gelu", norm_num_groups=8, class_embed_type="timestep" if stage == 2 else None)
+        d = tmp / f"stage{stage}"
+        unet.save_pretrained(d / "unet")
+        DDPMScheduler.from_config(IF_SCHEDULER_CONFIG).save_pretrained(d / "scheduler")
+        if stage == 2:
+            DDPMScheduler(beta_schedule="squaredcos_cap_v2").save_pretrained(d / "image_noising_scheduler")
+        dirs.append(d)
+    g = torch.Generator().manual_seed(0)
+    prompts = ["", "a high quality photo", "a rocket ship", "a lithograph of a skull", "a lithograph of waterfalls",
+               "an oil painting of an old man", "an oil painting of people around a campfire"]
+    embeds = tmp / "embeds.pth"
+    save_prompt_embeds({p: torch.randn(1, 77, 16, generator=g) for p in prompts}, embeds)
+    return dirs[0], dirs[1], embeds
+
+
+def test_demo_with_if_weights(weights_dir, tmp_path, mnist_dir, monkeypatch):
+    pytest.importorskip("diffusers")
+    from diffaccel.report.demo import run_demo
+    from diffaccel.report.parta import IF_NEEDS
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    s1, s2, embeds = _tiny_if(tmp_path / "if")
+    out = tmp_path / "report_if"
+    index = run_demo(out, seed=0, quick=True, if_stage1=s1, if_stage2=s2, embeds=embeds, progress=False,
+                     data_dir=mnist_dir)
+    srcs, text = parse_report(index)
+    check_images(out, srcs)
+    if_imgs = [s for s in srcs if s.startswith("a_if_")]
+    # every Part-A technique has IF images, stage II included
+    for part in ("forward", "blur", "onestep", "iter_step", "cmp_iterative", "samples", "cfg_", "sdedit_",
+                 "sdedit_drawn", "inpaint", "img2img", "anagram", "hybrid", "stage2"):
+        assert any(part in s for s in if_imgs), f"no IF image for {part}"
+    assert IF_NEEDS not in text
+    assert "Part A with DeepFloyd IF" in text and "“a rocket ship”" in text
+    from PIL import Image
+
+    with Image.open(out / next(s for s in if_imgs if "stage2" in s)) as im:
+        assert im.mode == "RGB"
+
+
+# ----------------------------------------------------------------------------- helpers
+def test_grid_and_nearest_upscale():
+    from diffaccel.report.images import to_uint8_grid
+
+    x = torch.rand(5, 1, 28, 28)
+    arr = to_uint8_grid(x, nrow=3, pad=1, scale=2)
+    assert arr.shape == (2 * (2 * 28 + 1), 2 * (3 * 28 + 2))
+    # nearest neighbour: every 2x2 block is one model pixel
+    assert (arr[0::2, 0::2] == arr[1::2, 1::2]).all()
+    assert arr[0, 0] == round(float(x[0, 0, 0, 0]) * 255)
+    with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
+        to_uint8_grid(torch.rand(2, 2, 4, 4))
+
+
+def test_drawn_digit_is_mnist_like():
+    from diffaccel.report.images import draw_digit
+
+    d = draw_digit(2)
+    assert d.shape == (1, 1, 28, 28) and 0 <= d.min() and d.max() <= 1
+    ink = (d > 0.5).float()
+    assert 0.05 < ink.mean() < 0.35  # strokes, not a blank or a filled square
+    assert ink[..., :3, :].sum() == 0 and ink[..., :, :3].sum() == 0  # MNIST-like margins
+    assert torch.equal(draw_digit(2, seed=0), draw_digit(2, seed=0))
+    with pytest.raises(ValueError, match="draw_digit"):
+        draw_digit(9)
+    assert math.isfinite(float(d.sum()))
