@@ -5,38 +5,48 @@ reference is used (with one warning), without Triton the ``triton`` backend is a
 """
 from __future__ import annotations
 
-import functools
 import os
 import warnings
 
 import torch
 
 
-@functools.lru_cache(maxsize=None)
+# Loaded once, at first use (plain module globals rather than functools.lru_cache, which
+# torch.compile would have to trace through on every call).
+_UNSET = object()
+_cpp = _UNSET
+_triton = _UNSET
+
+
 def cpp_ops():
     """The C++ backend object (``diffaccel._cpp_ops``), or None with the reason warned once."""
-    if os.environ.get("DIFFACCEL_DISABLE_CPP") == "1":
-        return None
-    try:
-        from . import _cpp_ops
-    except (ImportError, OSError) as e:  # extension not built / ABI mismatch
-        warnings.warn(
-            f"diffaccel: the C++ extension is not available ({e}); using the PyTorch reference. "
-            "Build it with `pip install --no-build-isolation -e .`.", RuntimeWarning, stacklevel=3)
-        return None
-    return _cpp_ops.Backend
+    global _cpp
+    if _cpp is _UNSET:
+        _cpp = None
+        if os.environ.get("DIFFACCEL_DISABLE_CPP") != "1":
+            try:
+                from . import _cpp_ops
+
+                _cpp = _cpp_ops.Backend
+            except (ImportError, OSError) as e:  # extension not built / ABI or ISA mismatch
+                warnings.warn(f"diffaccel: the C++ extension is not available ({e}); "
+                              "using the PyTorch reference", RuntimeWarning, stacklevel=3)
+    return _cpp
 
 
-@functools.lru_cache(maxsize=None)
 def triton_ops():
     """The Triton backend object, or None if Triton is not installed / unusable."""
-    if os.environ.get("DIFFACCEL_DISABLE_TRITON") == "1":
-        return None
-    try:
-        from .triton import ops
-    except Exception:  # noqa: BLE001 - triton missing or broken: the backend is just absent
-        return None
-    return ops.Backend
+    global _triton
+    if _triton is _UNSET:
+        _triton = None
+        if os.environ.get("DIFFACCEL_DISABLE_TRITON") != "1":
+            try:
+                from .triton import ops
+
+                _triton = ops.Backend
+            except Exception:  # noqa: BLE001 - triton missing or broken: the backend is just absent
+                _triton = None
+    return _triton
 
 
 def _interpreted() -> bool:

@@ -99,8 +99,15 @@ class CLIError(ValueError):
     """A bad command line or input file: printed as ``diffaccel: error: ...``, exit status 2."""
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the examples in descriptions as written, and show every option's default."""
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the examples in descriptions as written; show an option's default where it has one."""
+
+    def _get_help_string(self, action):
+        help = action.help or ""
+        if (not any(action.default is v for v in (None, False, argparse.SUPPRESS)) and "default" not in help
+                and (action.option_strings or action.nargs in ("?", "*"))):
+            help += " (default: %(default)s)"
+        return help
 
 
 def _parser(sub, name: str, help: str, description: str = "", parents=()):
@@ -209,7 +216,7 @@ def _add_sample_parser(sub):
     p = _parser(sub, "sample", "sample digits from a Part B model (DDPM / DDIM / flow, CFG for class models)", """\
 Writes FILE.safetensors (`samples` [N, 1, 28, 28] float in [0, 1], `labels` [N] int64, -1 when
 unconditional), FILE.npz (the same arrays) or FILE.png (a grid, 10 per row). Sample k uses the
-noise stream (seed, k), so a digit does not depend on --batch-size or on sharding.
+noise stream (seed, k), so a digit does not depend on the batch it is in (up to float rounding).
 
 Sharded: `torchrun --nproc_per_node=K -m diffaccel.cli mnist sample --num-samples N ...` gives
 each rank a contiguous run of whole batches of --batch-size, and rank 0 writes the same FILE (bit
@@ -229,11 +236,11 @@ examples:
     p.add_argument("--num-steps", type=_positive("--num-steps"), default=None,
                    help="sampling steps (default: all T DDPM steps; 300 Euler steps for flow)")
     p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="update rule for DDPM models")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--batch-size", type=_positive("--batch-size"), default=512, help="samples per forward")
     p.add_argument("--gif", default=None, metavar="FILE.gif", help="also write a GIF of the grid being denoised")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, metavar="FILE", help="output: " + " | ".join(SAMPLE_SUFFIXES))
     p.set_defaults(func=_cmd_sample)
 
@@ -384,15 +391,15 @@ example:
     p.add_argument("--model", required=True, help="shipped model name or a training output folder")
     p.add_argument("--n", type=_positive("--n"), default=10000, help="digits to generate (and to compare with)")
     p.add_argument("--num-steps", type=_positive("--num-steps"), default=None, help="sampling steps (default: all)")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm")
-    p.add_argument("--guidance-scale", type=float, default=5.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), default="ddpm", help="update rule for DDPM models")
+    p.add_argument("--guidance-scale", type=float, default=5.0, help="CFG scale g (class-conditional models)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--classifier", default=None, metavar="FILE.safetensors",
                    help="evaluation classifier (default: the shipped one)")
     p.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (default: $DIFFACCEL_MNIST_DIR)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the numbers as JSON")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_eval)
 
 
@@ -483,11 +490,11 @@ def _add_figures_parser(sub):
     p = _parser(sub, "figures", "write every Part B deliverable (figures, grids, GIFs) into a folder", """\
 Noising sweep, denoiser results after epochs 1 and 5, out-of-distribution sweep, pure noise vs
 the mean digit, loss curves, sample grids after 5 and 20 epochs, 4 samples per digit, GIFs.""")
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--quick", action="store_true", help="fewer samples and steps (a fast preview)")
     p.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (default: $DIFFACCEL_MNIST_DIR)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_figures)
 
 
@@ -506,13 +513,13 @@ Part A runs on the shipped MNIST model (the class label is the prompt); with --i
 
 example:
   diffaccel demo --out demo --quick && xdg-open demo/index.html""")
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--quick", action="store_true", help="fewer samples and steps (a fast preview)")
     p.add_argument("--if-stage1", default=None, metavar="P", help="DeepFloyd IF stage I directory or hub id")
     p.add_argument("--if-stage2", default=None, metavar="P", help="DeepFloyd IF stage II directory or hub id")
     p.add_argument("--embeds", default=None, metavar="P", help="prompt embeddings (.pth / .safetensors) for IF")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (default: $DIFFACCEL_MNIST_DIR)")
     p.set_defaults(func=_cmd_demo)
 
@@ -542,9 +549,9 @@ def _common_parent() -> argparse.ArgumentParser:
                         "name / training folder (the digit label is then the prompt)")
     g.add_argument("--embeds", default=None, metavar="FILE",
                    help="IF prompt embeddings: a .pth or .safetensors dict {prompt: [1, 77, E]} ('' = null prompt)")
-    g.add_argument("--device", default="cpu")
+    g.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     p.add_argument("--seed", type=int, default=0, help="seed of the torch.Generator every random draw comes from")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs")
     return p
 
@@ -1058,9 +1065,9 @@ def _add_technique_parsers(sub):
                 "--model is the stage-II model (e.g. DeepFloyd/IF-II-L-v1.0); --image is a stage-I output.",
                 parents=[common, image])
     p.add_argument("--prompt", default=None, help="prompt (default: 'a high quality photo')")
-    p.add_argument("--num-steps", type=_positive("--num-steps"), default=50)
+    p.add_argument("--num-steps", type=_positive("--num-steps"), default=50, help="stage-II sampling steps")
     p.add_argument("--noise-level", type=int, default=250, help="noise added to the upscaled low-res image")
-    p.add_argument("--guidance-scale", type=float, default=4.0)
+    p.add_argument("--guidance-scale", type=float, default=4.0, help="CFG scale (IF stage II's default)")
     p.add_argument("--factor", type=_positive("--factor"), default=4, help="upsampling factor (IF: 64 -> 256)")
     p.add_argument("--gif", default=None, metavar="FILE.gif", help="also write a GIF of the denoising")
     p.set_defaults(func=_cmd_upsample)

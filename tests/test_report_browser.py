@@ -230,6 +230,10 @@ def test_report_in_headless_chromium(served_report, browser, tmp_path):
     title = dt.call("Runtime.evaluate", expression="document.title", returnByValue=True)["result"]["value"]
     assert "diffaccel" in title
 
+    overflow = dt.call("Runtime.evaluate", expression="document.documentElement.scrollWidth",
+                       returnByValue=True)["result"]["value"]
+    assert overflow <= 1200, f"the page is {overflow} px wide: a figure overflows a 1200 px window"
+
     # a full-page screenshot
     height = dt.call("Runtime.evaluate", expression="document.documentElement.scrollHeight",
                      returnByValue=True)["result"]["value"]

@@ -12,7 +12,7 @@ from torch import nn
 
 from .checkpoint import atomic_save_tensors, atomic_write_json, load_json, load_tensors
 from .data import mnist_tensors
-from .pretrained import WEIGHTS_DIR
+from . import pretrained
 
 
 def _conv(cin, cout):
@@ -88,14 +88,14 @@ def train_classifier(out: Optional[Path] = None, data_dir=None, epochs: int = 3,
 
 
 def load_classifier(path: Optional[Path] = None) -> DigitClassifier:
-    path = Path(path) if path else WEIGHTS_DIR / "classifier.safetensors"
+    path = Path(path) if path else pretrained.WEIGHTS_DIR / "classifier.safetensors"
     model = DigitClassifier()
     model.load_state_dict(load_tensors(path))
     return model.eval()
 
 
 def classifier_info(path: Optional[Path] = None) -> dict:
-    path = Path(path) if path else WEIGHTS_DIR / "classifier.safetensors"
+    path = Path(path) if path else pretrained.WEIGHTS_DIR / "classifier.safetensors"
     return load_json(path.with_suffix(".json"))
 
 

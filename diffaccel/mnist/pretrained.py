@@ -78,6 +78,9 @@ class MNISTDiffusion:
 
 
 def _build(name: str, cfg: dict, weights: Path) -> "MNISTDiffusion":
+    if not isinstance(cfg, dict) or "train_config" not in cfg or "model_config" not in cfg:
+        raise ValueError(f"the config of MNIST model {name!r} has no train_config/model_config "
+                         "(expected the config.json a training run writes)")
     tcfg, mcfg = cfg["train_config"], cfg["model_config"]
     model = UNet(UNetConfig(**mcfg))
     state = load_tensors(weights)

@@ -4,7 +4,8 @@ Samplers are short loops over :mod:`diffaccel.functional`; guidance is one batch
 ``[cond, uncond]`` per step and the CFG combine is fused with the update
 (``functional.cfg_ddpm_step``), written in place into one buffer. Noise is drawn per sample
 from a generator seeded by ``(seed, index)``, so a digit does not depend on the batch it is in
-(and a sharded run gives exactly the digits of a single process).
+(up to float rounding: oneDNN may pick another convolution algorithm for another batch size,
+which moves the last bits; a sharded run that keeps the batch size is bit-identical).
 """
 from __future__ import annotations
 
