@@ -33,9 +33,11 @@ Known, documented differences from diffusers:
   order, after ``set_begin_index`` for img2img); the math itself always uses the given ``t``.
 * ``step`` returns a new tensor each call (pipelines keep references to earlier samples); the
   zero-allocation loop is the functional API with ``out=`` (see ``benchmarks/bench_schedulers.py``).
-* Set ``scheduler.compute_pred_original_sample = False`` to skip ``pred_original_sample``
-  (returned as None): with dynamic thresholding it costs a second quantile per step, and
-  pipelines such as IF only read ``prev_sample``.
+* ``DDPMScheduler.step``'s ``pred_original_sample`` is computed on first access (attribute of
+  the output, or index 1 / unpacking of the ``return_dict=False`` tuple): with dynamic
+  thresholding it costs a second quantile pass, and pipelines such as IF only read
+  ``prev_sample``. It is computed from the step's inputs, so read it before changing those in
+  place. Set ``scheduler.compute_pred_original_sample = False`` to always get None.
 """
 from __future__ import annotations
 
@@ -292,6 +294,52 @@ class _FusedScheduler(SchedulerMixin, ConfigMixin):
         return self._bound_x0(x0)
 
 
+_PENDING = object()
+
+
+class _LazyX0:
+    """Computes ``pred_original_sample`` once, on first access."""
+
+    __slots__ = ("fn", "value")
+
+    def __init__(self, fn):
+        self.fn, self.value = fn, _PENDING
+
+    def get(self):
+        if self.value is _PENDING:
+            self.value, self.fn = self.fn(), None
+        return self.value
+
+
+class _LazyStepTuple(tuple):
+    """``(prev_sample, pred_original_sample)`` with the second item computed when first read."""
+
+    def __new__(cls, prev_sample, lazy: _LazyX0):
+        obj = super().__new__(cls, (prev_sample, None))
+        obj._lazy = lazy
+        return obj
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return tuple(self)[i]
+        return self._lazy.get() if i in (1, -1) else super().__getitem__(i)
+
+    def __iter__(self):
+        yield super().__getitem__(0)
+        yield self._lazy.get()
+
+
+@dataclass
+class _LazyDDPMSchedulerOutput(DDPMSchedulerOutput):
+    """``DDPMSchedulerOutput`` whose ``pred_original_sample`` is computed when first read."""
+
+    def __getattribute__(self, name):
+        if name == "pred_original_sample":
+            lazy = object.__getattribute__(self, "__dict__").get("_lazy")
+            return lazy.get() if lazy is not None else None
+        return super().__getattribute__(name)
+
+
 class DDPMScheduler(_FusedScheduler):
     """diffusers' ``DDPMScheduler`` (Ho et al. 2020) with the step as one fused kernel (SPEC A1.4).
 
@@ -398,10 +446,12 @@ class DDPMScheduler(_FusedScheduler):
                 sample, eps, tab.abar, t, t_prev, noise=noise, variance=kernel_vt,
                 predicted_variance=predicted_variance if kernel_vt == "learned_range" else None,
                 **self._bounds())
-        x0 = self._pred_x0(model_output, eps, sample, t, tab)
+        lazy = _LazyX0(lambda: self._pred_x0(model_output, eps, sample, t, tab))
         if not return_dict:
-            return prev_sample, x0
-        return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+            return _LazyStepTuple(prev_sample, lazy)
+        out = _LazyDDPMSchedulerOutput(prev_sample=prev_sample)
+        out.__dict__["_lazy"] = lazy
+        return out
 
 
 class DDIMScheduler(_FusedScheduler):
