@@ -286,9 +286,11 @@ def cfg_ddpm_step(x_t, eps_uncond, eps_cond, scale: float, alphas_cumprod, t: Ti
                   noise=None, variance: str = "fixed_small", predicted_variance=None,
                   clip_x0: Optional[float] = None, dynamic_threshold: Optional[Tuple[float, float]] = None,
                   out=None, backend: str = "auto"):
-    """CFG combine and DDPM step in one pass: ``ddpm_step(x_t, cfg_combine(eps_u, eps_c, scale), ...)``.
+    """CFG combine and DDPM step in one pass: ``ddpm_step(x_t, eps_u + scale (eps_c - eps_u), ...)``.
 
-    ``predicted_variance`` comes from the conditional pass (SPEC A1.6).
+    The guided eps is kept in float32 inside the pass (no rounding to fp16/bf16 between the
+    two stages, unlike calling ``cfg_combine`` then ``ddpm_step``). ``predicted_variance``
+    comes from the conditional pass (SPEC A1.6).
     """
     x_t, abar, tt, tp, noise = _step_common(x_t, alphas_cumprod, t, t_prev, noise)
     eps_uncond = _check_image("eps_uncond", eps_uncond, x_t)

@@ -18,7 +18,6 @@ import gzip
 import hashlib
 import os
 import struct
-import tempfile
 import threading
 import urllib.request
 import zlib
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
+
+from .checkpoint import atomic_write_bytes
 
 __all__ = [
     "MNIST_FILES",
@@ -338,24 +339,6 @@ def _fetch(url: str, timeout: float) -> bytes:
     return data
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder + ``os.replace``: readers see the old file or
-    the complete new one, never a partial write, and a failure leaves nothing behind."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _is_valid(path: Path, f: MNISTFile) -> bool:
     try:
         raw = _read_bytes(path)
@@ -403,9 +386,9 @@ def download_mnist(root: Optional[PathLike] = None, mirrors: Optional[Sequence[s
                 errors.append(f"  {url}: {e}")
                 continue
             if existing is not None and existing.suffix != ".gz":
-                _write_atomic(existing, raw)
+                atomic_write_bytes(existing, raw)
             else:
-                _write_atomic(folder / (f.name + ".gz"), data)
+                atomic_write_bytes(folder / (f.name + ".gz"), data)
             break
         else:
             raise MNISTDownloadError(
