@@ -7,7 +7,8 @@ seed, (a) the straightforward loop (two eager UNet calls per step, unfused updat
 ``diffaccel.mnist.sampling.sample_naive``), (b) ``diffaccel.mnist.sample`` (one batched forward
 of [cond, uncond], BN folded, channels-last, fused ``cfg_ddpm_step`` in place), (c) the same with
 ``torch.compile`` (compile time reported separately). Training: images/s of the DDPM training
-step, eager vs channels-last vs compiled. Everything runs in one process, side by side.
+step, eager vs channels-last vs compiled vs bf16 autocast (mixed precision).
+Everything runs in one process, side by side.
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def bench_training(hidden: int, batch: int, steps: int, data) -> dict:
     cfg = preset("ddpm_class", hidden=hidden, batch_size=batch)
     abar = ddpm_linear_schedule(cfg.num_timesteps)[2]
     res = {}
-    for mode in ("eager", "channels_last", "compile"):
+    for mode in ("eager", "channels_last", "compile", "bf16_autocast"):
         torch.manual_seed(0)
         model = build_model(cfg)
         if mode == "channels_last":
@@ -74,7 +75,8 @@ def bench_training(hidden: int, batch: int, steps: int, data) -> dict:
             xb = x[i * batch:(i + 1) * batch]
             if mode == "channels_last":
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            loss = training_loss(run, cfg, xb, y[i * batch:(i + 1) * batch], gen, abar)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16_autocast"):
+                loss = training_loss(run, cfg, xb, y[i * batch:(i + 1) * batch], gen, abar)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

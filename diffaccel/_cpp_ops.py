@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import torch
 
+import importlib.util
+
+if importlib.util.find_spec("diffaccel._C") is None:
+    raise ImportError("diffaccel._C is not built; build it with `pip install --no-build-isolation -e .`")
 try:
     from . import _C  # noqa: F401  (loading the library registers torch.ops.diffaccel.*)
-except ImportError as e:  # re-raised with the fix in the message
-    raise ImportError(
-        f"diffaccel._C is not built ({e}); build it with `pip install --no-build-isolation -e .`") from e
+except ImportError as e:  # built, but not loadable here (ABI / torch version mismatch)
+    raise ImportError(f"diffaccel._C does not load ({e}); rebuild it with "
+                      "`pip install --no-build-isolation -e .` against this torch") from e
 
 _OPS = ("add_noise", "predict_x0", "cfg_combine", "ddpm_step", "ddim_step", "gaussian_filter", "masked_project")
 

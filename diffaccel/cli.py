@@ -501,9 +501,11 @@ the mean digit, loss curves, sample grids after 5 and 20 epochs, 4 samples per d
 def _cmd_figures(args):
     partb = _import_report("partb")
     out = _out_dir(args.out)
-    res = partb.write_partb_figures(out, seed=args.seed, quick=args.quick, data_dir=args.data_dir,
-                                    progress=not args.no_progress)
-    print(res if res is not None else out)
+    figs = partb.write_partb_figures(out, seed=args.seed, quick=args.quick, data_dir=args.data_dir,
+                                     progress=not args.no_progress)
+    from .report.html import render_index
+
+    print(render_index(figs, out, "diffaccel — Part B: MNIST diffusion from scratch"))
 
 
 def _add_demo_parser(sub):

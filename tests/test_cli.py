@@ -200,13 +200,16 @@ def test_figures_and_demo_call_the_report(tmp_path, monkeypatch, capsys):
     report = types.ModuleType("diffaccel.report")
     partb = types.ModuleType("diffaccel.report.partb")
     demo = types.ModuleType("diffaccel.report.demo")
+    html = types.ModuleType("diffaccel.report.html")
     partb.write_partb_figures = lambda out, **kw: calls.setdefault("figures", (Path(out), kw))
+    html.render_index = lambda figs, out, title: (calls.setdefault("index", figs), Path(out) / "index.html")[1]
     demo.run_demo = lambda out, **kw: (calls.setdefault("demo", (Path(out), kw)), Path(out) / "index.html")[1]
-    for m in (report, partb, demo):
+    for m in (report, partb, demo, html):
         monkeypatch.setitem(sys.modules, m.__name__, m)
     run("mnist", "figures", "--out", tmp_path / "fig", "--quick", "--seed", "3", "--no-progress")
     assert calls["figures"] == (tmp_path / "fig", {"seed": 3, "quick": True, "data_dir": None, "progress": False})
-    capsys.readouterr()
+    assert calls["index"] == calls["figures"]  # the figures are rendered into fig/index.html
+    assert capsys.readouterr().out.strip() == str(tmp_path / "fig" / "index.html")
     run("demo", "--out", tmp_path / "demo", "--if-stage1", "a", "--embeds", "e.pth")
     assert calls["demo"][1] == {"seed": 0, "quick": False, "if_stage1": "a", "if_stage2": None, "embeds": "e.pth",
                                 "device": "cpu", "progress": True, "data_dir": None}

@@ -128,6 +128,8 @@ def test_quick_demo_writes_every_figure(quick_report):
     # without IF weights, one sentence says what the IF sections need
     assert text.count(IF_NEEDS) == 1 and "--if-stage1" in IF_NEEDS and "--embeds" in IF_NEEDS
     assert "Not rendered" not in text  # every stand-in model is there, so every figure is rendered
+    # "after the first and last epochs": the first snapshot and the final weights
+    assert "after epoch 1" in text and "after epoch 2 (final)" in text
     # every caption states the seed
     html = index.read_text()
     assert html.count("<figcaption>") == html.count("<figure ")
@@ -152,7 +154,8 @@ def test_same_seed_same_report(quick_report, tmp_path, mnist_dir):
     c = _files(other)
     changed = [k for k in c if k.endswith(".png") and c[k] != a.get(k)]
     assert all(any(part in k for k in changed) for part in ("noising_d0_s0.2", "denoiser_d0_noisy", "ood_noisy",
-                                                            "pure_noise_in0")), changed
+                                                            "pure_noise_in0", "ddpm_class_samples",
+                                                            "flow_time_samples")), changed
 
 
 def test_missing_loss_log_and_model_are_said(weights_dir, tmp_path, mnist_dir):
