@@ -17,6 +17,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir", type=Path)
@@ -57,7 +67,8 @@ def main() -> None:
         + (f", sigma = {tc['sigma']}" if tc["task"] == "denoiser" else "") + ".",
         f"- **Data**: the 60,000 MNIST training digits; SHA-256 of `SHA256SUMS.raw` (decompressed IDX checksums) "
         f"digest `{data_sha}`.",
-        f"- **Machine**: {info['machine']} (shared with other jobs while training, so wall time is an upper bound).",
+        f"- **Machine**: {_cpu_model()}, 2-core VM; {info['machine']} (shared with other jobs while training, so "
+        "wall time is an upper bound).",
         f"- **Wall time**: {info['wall_time_s']} s for {info['steps']} steps.",
         f"- **Final loss**: last batch {info['final_loss']:.5f}, mean of the last epoch {info['final_epoch_mean_loss']:.5f}.",
         f"- **Snapshots shipped**: after epochs {args.epochs or 'none'} (for the figures).",
