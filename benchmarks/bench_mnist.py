@@ -15,14 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from diffaccel.mnist import load_pretrained
-from diffaccel.mnist.sampling import sample, sample_naive
-from diffaccel.mnist.train import preset, training_loss, build_model
-from diffaccel.schedules import ddpm_linear_schedule
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from diffaccel.mnist import load_pretrained  # noqa: E402
+from diffaccel.mnist.sampling import sample, sample_naive  # noqa: E402
+from diffaccel.mnist.train import build_model, preset, training_loss  # noqa: E402
+from diffaccel.schedules import ddpm_linear_schedule  # noqa: E402
 
 
 def _cpu_name() -> str:

@@ -1100,12 +1100,14 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or an argparse usage error (2, message already printed)
         return e.code if isinstance(e.code, int) else 0
+    from .mnist.data import MNISTDownloadError
+
     try:
         args.func(args)
-    except (ValueError, TypeError, KeyError, OSError) as e:
+    except (ValueError, TypeError, KeyError, OSError, MNISTDownloadError) as e:
         # Bad input of every kind (our CLIError, the library's ValueError/TypeError naming the
-        # argument, KeyError for a missing prompt, FileNotFoundError/OSError for paths) is a
-        # usage error for the user to fix, not a traceback.
+        # argument, KeyError for a missing prompt, FileNotFoundError/OSError for paths, a failed
+        # MNIST download) is an error for the user to fix, not a traceback.
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"diffaccel: error: {msg}", file=sys.stderr)
         return 2
