@@ -6,14 +6,15 @@
     python benchmarks/bench_schedulers.py --quick         # fewer repeats, a smoke test
 
 (a) ``DDPMScheduler.step`` alone with IF stage I's config (learned range + dynamic
-    thresholding 0.95 / 1.5), 64x64 and 256x256, batch 1 and 8: diffusers' vs ours (full
-    output, and ``compute_pred_original_sample = False``, which is all a pipeline reads).
+    thresholding 0.95 / 1.5), 64x64 and 256x256, batch 1 and 8: diffusers' vs ours as a
+    pipeline uses it (``prev_sample`` read; ``pred_original_sample`` is computed only when read)
+    and ours with ``pred_original_sample`` read too (diffusers always computes both).
 (b) A 30-step CFG sampling loop (guidance 7, learned variance) at 64x64, batch 1, with a model
     that costs nothing (it returns fixed precomputed tensors):
     diffusers' ``IFPipeline.__call__`` with its scheduler, the same pipeline with ours, and
     diffaccel's own loop (``cfg_ddpm_step`` writing into the sample, noise drawn into a buffer).
 
-Times are medians of repeats after warm-up (CUDA: synchronised). Prints a markdown table and
+Times are minima over repeats after warm-up (CUDA: synchronised). Prints a markdown table and
 writes JSON with the machine description.
 """
 from __future__ import annotations
@@ -22,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 import warnings
@@ -55,7 +55,8 @@ def _sync(device):
 
 
 def timeit(fn, device, min_time=0.4, min_reps=5, max_reps=200):
-    """Median seconds per call of ``fn`` after two warm-up calls."""
+    """Seconds per call of ``fn`` after two warm-up calls: the minimum over repeats, the least
+    disturbed call (these shared machines preempt; a median mixes in other jobs' load)."""
     fn()
     fn()
     times = []
@@ -66,7 +67,7 @@ def timeit(fn, device, min_time=0.4, min_reps=5, max_reps=200):
         fn()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return min(times)
 
 
 # ----------------------------------------------------------------------------- (a) step alone
@@ -76,20 +77,20 @@ def bench_step(device, size, batch, quick):
     mo = torch.cat([torch.randn(batch, 3, size, size, device=device, generator=g),
                     torch.rand(batch, 3, size, size, device=device, generator=g) * 2 - 1], 1)
     rows = {}
-    variants = [("diffusers", diffusers.DDPMScheduler, True), ("diffaccel", S.DDPMScheduler, True),
-                ("diffaccel, prev_sample only", S.DDPMScheduler, False)]
-    for name, cls, full in variants:
+    variants = [("diffusers", diffusers.DDPMScheduler, True), ("diffaccel", S.DDPMScheduler, False),
+                ("diffaccel, + pred_original_sample", S.DDPMScheduler, True)]
+    for name, cls, read_x0 in variants:
         s = cls(**IF_CONFIG)
         s.set_timesteps(STEPS, device=device)
-        if not full:
-            s.compute_pred_original_sample = False
         ts = list(s.timesteps[:-1])  # t > 0: every step draws noise
         state = {"i": 0}
 
-        def one():
+        def one(s=s, ts=ts, state=state, read_x0=read_x0):
             t = ts[state["i"] % len(ts)]
             state["i"] += 1
-            s.step(mo, t, x, generator=g)
+            out = s.step(mo, t, x, generator=g)
+            if read_x0:
+                out.pred_original_sample
 
         rows[name] = timeit(one, device, min_time=0.15 if quick else 0.5)
     return rows
@@ -130,9 +131,6 @@ def bench_loop(device, size, batch, quick):
                             generator=torch.Generator(device=device).manual_seed(1)).images
         return run
 
-    ours_light = S.DDPMScheduler(**IF_CONFIG)
-    ours_light.compute_pred_original_sample = False
-
     # diffaccel's own loop: the model's outputs are views (no copies), one fused kernel per step
     # (CFG + x0 + thresholding + posterior + learned-range noise), written into x in place.
     sched = S.DDPMScheduler(**IF_CONFIG)
@@ -163,7 +161,6 @@ def bench_loop(device, size, batch, quick):
     rows = {
         "diffusers IFPipeline + diffusers DDPMScheduler": timeit(pipeline(diffusers.DDPMScheduler(**IF_CONFIG)), device, mt, 3),
         "diffusers IFPipeline + diffaccel DDPMScheduler": timeit(pipeline(S.DDPMScheduler(**IF_CONFIG)), device, mt, 3),
-        "diffusers IFPipeline + diffaccel DDPMScheduler (prev_sample only)": timeit(pipeline(ours_light), device, mt, 3),
         "diffaccel loop (cfg_ddpm_step, out=)": timeit(fused_loop, device, mt, 3),
     }
     # the fused loop must produce the pipeline's image (same generator, same noise draws)
@@ -198,12 +195,12 @@ def main(argv=None):
 
     print(f"# diffaccel schedulers vs diffusers on {device} ({results['machine']['backends']})\n")
     print("## (a) DDPMScheduler.step, IF stage I config (learned range + dynamic thresholding)\n")
-    print("| size | batch | diffusers (ms) | diffaccel (ms) | speed-up | diffaccel, prev_sample only (ms) | speed-up |")
+    print("| size | batch | diffusers (ms) | diffaccel (ms) | speed-up | diffaccel + pred_original_sample read (ms) | speed-up |")
     print("|---|---|---|---|---|---|---|")
     for size in (64, 256):
         for batch in (1, 8):
             r = bench_step(device, size, batch, args.quick)
-            d, o, lite = r["diffusers"], r["diffaccel"], r["diffaccel, prev_sample only"]
+            d, o, lite = r["diffusers"], r["diffaccel"], r["diffaccel, + pred_original_sample"]
             print(f"| {size}x{size} | {batch} | {d * 1e3:.3f} | {o * 1e3:.3f} | {d / o:.1f}x | {lite * 1e3:.3f} | {d / lite:.1f}x |",
                   flush=True)
             results["step"].append({"size": size, "batch": batch, **{k: v for k, v in r.items()}})

