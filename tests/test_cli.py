@@ -212,7 +212,7 @@ def test_figures_and_demo_call_the_report(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out.strip() == str(tmp_path / "fig" / "index.html")
     run("demo", "--out", tmp_path / "demo", "--if-stage1", "a", "--embeds", "e.pth")
     assert calls["demo"][1] == {"seed": 0, "quick": False, "if_stage1": "a", "if_stage2": None, "embeds": "e.pth",
-                                "device": "cpu", "progress": True, "data_dir": None}
+                                "device": "cpu", "progress": True, "data_dir": None, "if_image": None}
     assert capsys.readouterr().out.strip() == str(tmp_path / "demo" / "index.html")
     assert "--embeds" in error_of(capsys, "demo", "--out", tmp_path / "d2", "--if-stage1", "a")
 

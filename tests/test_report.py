@@ -225,9 +225,13 @@ def test_demo_with_if_weights(weights_dir, tmp_path, mnist_dir, monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     s1, s2, embeds = _tiny_if(tmp_path / "if")
+    from PIL import Image
+
+    photo = tmp_path / "campanile.png"  # the user's own picture (any size: center-cropped, resized)
+    Image.new("RGB", (120, 90), (200, 40, 40)).save(photo)
     out = tmp_path / "report_if"
     index = run_demo(out, seed=0, quick=True, if_stage1=s1, if_stage2=s2, embeds=embeds, progress=False,
-                     data_dir=mnist_dir)
+                     data_dir=mnist_dir, if_image=str(photo))
     srcs, text = parse_report(index)
     check_images(out, srcs)
     if_imgs = [s for s in srcs if s.startswith("a_if_")]
@@ -237,7 +241,7 @@ def test_demo_with_if_weights(weights_dir, tmp_path, mnist_dir, monkeypatch):
         assert any(part in s for s in if_imgs), f"no IF image for {part}"
     assert IF_NEEDS not in text
     assert "Part A with DeepFloyd IF" in text and "“a rocket ship”" in text
-    from PIL import Image
+    assert f"the image {photo}" in text  # the IF sections edited the user's image
 
     with Image.open(out / next(s for s in if_imgs if "stage2" in s)) as im:
         assert im.mode == "RGB"

@@ -18,13 +18,15 @@ __all__ = ["run_demo"]
 
 
 def run_demo(out_dir, seed: int = 0, quick: bool = False, if_stage1=None, if_stage2=None, embeds=None,
-             device: str = "cpu", progress: bool = True, data_dir=None) -> Path:
+             device: str = "cpu", progress: bool = True, data_dir=None, if_image=None) -> Path:
     """Render the whole report into ``out_dir``; returns the path of ``index.html``.
 
     ``quick``: a reduced-size run (tiny step counts, few samples) that still writes every figure.
     ``if_stage1`` / ``if_stage2`` / ``embeds``: DeepFloyd IF stage directories or hub ids and a
     prompt-embeddings file; with stage I and the embeddings the Part-A techniques are also
     rendered with IF on ``device`` (a GPU in practice), otherwise the report says what is needed.
+    ``if_image``: the image (path) the IF sections edit (SDEdit, inpainting, img2img); default
+    a synthetic scene.
     ``data_dir``: the MNIST folder (default ``$DIFFACCEL_MNIST_DIR``, then the download cache);
     where none holds the files, they are downloaded from the public mirrors (checksums verified).
     """
@@ -54,7 +56,7 @@ def run_demo(out_dir, seed: int = 0, quick: bool = False, if_stage1=None, if_sta
     notes = {}
     if if_stage1 is not None:
         figs += write_parta_if_figures(out, if_stage1, embeds, if_stage2=if_stage2, device=device, seed=seed,
-                                       quick=quick, progress=progress)
+                                       quick=quick, progress=progress, image=if_image)
     else:
         notes["A-IF"] = IF_NEEDS
     figs += write_partb_figures(out, seed=seed, quick=quick, data_dir=data_dir, progress=progress)
