@@ -187,19 +187,14 @@ def gaussian_blur_conv2d(x, kernel_size: int, sigma: float):
     return y.to(x.dtype)
 
 
-__all__ = [
-    "VARIANCE_TYPES", "gather_abar", "add_noise", "predict_x0", "cfg_combine",
-    "dynamic_threshold_", "ddpm_step", "ddim_step", "gaussian_kernel1d", "gaussian_blur",
-    "highpass", "hybrid_combine", "masked_project", "gaussian_blur_conv2d",
-]
-
-
 def flow_interpolate(x0, x1, t):
     """Flow matching (SPEC Part B, newer edition): ``x_t = (1 - t) x0 + t x1``, t per sample."""
     tt = _per_sample(t.to(torch.float32), x0.ndim)
     return ((1 - tt) * x0.float() + tt * x1.float()).to(x0.dtype)
 
 
-def euler_step(x, velocity, dt):
-    """Euler step of the flow ODE: ``x + dt * u``."""
-    return (x.float() + dt * velocity.float()).to(x.dtype)
+__all__ = [
+    "VARIANCE_TYPES", "gather_abar", "add_noise", "predict_x0", "cfg_combine",
+    "dynamic_threshold_", "ddpm_step", "ddim_step", "gaussian_kernel1d", "gaussian_blur",
+    "highpass", "hybrid_combine", "masked_project", "gaussian_blur_conv2d", "flow_interpolate",
+]

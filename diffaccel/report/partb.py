@@ -313,7 +313,7 @@ def _sampling(ctx: _Ctx, section: str, name: str, title: str, what: str) -> Tupl
     caption = (f"{what} from the {model_summary(name)}: {n} samples "
                + ("(columns: digits 0-9, each with classifier-free guidance g = 5, the unconditional estimate "
                   "from the all-zero class vector)" if cls else "")
-               + f", " + " and ".join(label for label, _ in snaps)
+               + ", " + " and ".join(label for label, _ in snaps)
                + f". Fewer-step sampling so the report renders on a CPU: {how}. Per-sample noise streams with "
                  f"seed {ctx.seed} (the same starting noise in every row of the table); 3x nearest-neighbour.")
     # one grid per row: two 10-wide grids side by side would not fit the page
