@@ -141,3 +141,83 @@ def test_bf16_precision_is_close_to_fp32(tiny_runs):
     assert (a - b).abs().mean() < 0.05
     with pytest.raises(ValueError, match="precision"):
         S.sample(m, labels=[1], precision="fp8")
+
+
+# ----------------------------------------------------------------------------- noise drawn up front
+def test_draw_steps_equals_per_step_draws():
+    a = S.PerSampleNoise(3, [0, 5, 9], (1, 28, 28))
+    b = S.PerSampleNoise(3, [0, 5, 9], (1, 28, 28))
+    steps = [a.draw().clone() for _ in range(4)]
+    block = b.draw_steps(4)
+    assert block.shape == (4, 3, 1, 28, 28) and block.is_contiguous()
+    assert torch.equal(torch.stack(steps), block)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        S.PerSampleNoise(0, [0], (1, 3, 3)).draw_steps(2)
+
+
+@pytest.mark.parametrize("name,kw", [("ddpm_class", {}), ("ddpm_class", dict(num_steps=7, sampler="ddim")),
+                                     ("ddpm_time", dict(num_steps=9)), ("flow_class", dict(num_steps=8))])
+def test_up_front_noise_gives_the_same_digits(tiny_runs, monkeypatch, name, kw):
+    """The CUDA loop's noise (drawn before the first step) is the per-step draws of the CPU loop."""
+    m = P.MNISTDiffusion.from_train_dir(tiny_runs[name])
+    args = dict(labels=[2, 7, 1]) if m.conditioning == "class" else dict(n=3)
+    per_step = S.sample(m, seed=4, **args, **kw)
+    monkeypatch.setattr(S, "NOISE_UP_FRONT", ("cpu", "cuda"))
+    up_front = S.sample(m, seed=4, **args, **kw)
+    torch.testing.assert_close(up_front, per_step, atol=1e-6, rtol=0)
+
+
+def test_one_hot_encoding_and_errors():
+    c = one_hot(torch.tensor([3, -1, 0]), 3)
+    assert torch.equal(c, torch.tensor([[0, 0, 0, 1.0, 0, 0, 0, 0, 0, 0], [0.0] * 10, [1.0] + [0.0] * 9]))
+    assert torch.equal(one_hot(None, 2), torch.zeros(2, 10))
+    with pytest.raises(ValueError, match="labels must be in"):
+        one_hot(torch.tensor([10]), 1)
+    with pytest.raises(ValueError, match="labels must be in"):
+        one_hot(torch.tensor([-2]), 1)
+
+
+def test_cuda_graph_needs_cuda(tiny_runs):
+    m = P.MNISTDiffusion.from_train_dir(tiny_runs["ddpm_class"])
+    with pytest.raises(ValueError, match="cuda_graph=True needs the model on a CUDA device"):
+        S.sample(m, labels=[1], cuda_graph=True)
+
+
+# ----------------------------------------------------------------------------- GPU (issue 3 targets)
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,kw", [("ddpm_class", {}), ("ddpm_class", dict(num_steps=10, sampler="ddim")),
+                                     ("flow_class", dict(num_steps=12))])
+def test_cuda_sampling_never_syncs_and_graph_replays_the_same(tiny_runs, name, kw):
+    m = P.MNISTDiffusion.from_train_dir(tiny_runs[name]).to("cuda")
+    labels = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    S.sample(m, labels=labels[:2], seed=1, **kw)  # warm-up: lazy CUDA/cuDNN initialisation
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any device->host wait inside sample() raises
+    try:
+        eager = S.sample(m, labels=labels, seed=1, batch_size=4, **kw)
+        graphed = S.sample(m, labels=labels, seed=1, batch_size=4, cuda_graph=True, **kw)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert eager.device.type == "cuda" and eager.shape == (10, 1, 28, 28)
+    torch.testing.assert_close(graphed, eager, atol=1e-5, rtol=0)  # same kernels, replayed
+    cpu = S.sample(P.MNISTDiffusion.from_train_dir(tiny_runs[name]), labels=labels, seed=1, batch_size=4, **kw)
+    # Same noise streams as on the CPU; cuDNN's TF32 convolutions move the digits a little.
+    assert (eager.cpu() - cpu).abs().mean() < 2e-2
+    other = S.sample(m, labels=labels, seed=2, batch_size=4, cuda_graph=True, **kw)
+    assert (other - graphed).abs().mean() > 1e-2  # replays take the new batch's noise
+
+
+@pytest.mark.gpu
+def test_cuda_graph_is_captured_once_per_batch_size(tiny_runs, monkeypatch):
+    m = P.MNISTDiffusion.from_train_dir(tiny_runs["ddpm_class"]).to("cuda")
+    captures = []
+    real = torch.cuda.CUDAGraph
+
+    class Counting(real):
+        def __init__(self, *a, **k):
+            captures.append(1)
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Counting)
+    S.sample(m, n=10, num_steps=5, batch_size=4, cuda_graph=True)  # batches 4, 4, 2
+    assert len(captures) == 2

@@ -152,3 +152,18 @@ def test_data_parallel_matches_single_process(tmp_path, mnist_dir):
     a, b = _losses(single / "loss.csv"), _losses(multi / "loss.csv")
     assert len(a) == len(b) == 4
     assert a == pytest.approx(b, rel=1e-3, abs=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("preset", ["ddpm_class", "flow_time", "denoiser"])
+def test_cuda_training_follows_the_cpu_trajectory(tmp_path, mnist_dir, preset):
+    """Same seed, same data order and noise (drawn by the CPU generator): the CUDA run's losses
+    track the CPU run's (cuDNN's TF32 convolutions allow a small drift)."""
+    cfg = T.preset(preset, hidden=8, batch_size=32, epochs=2, train_subset=256, max_steps_per_epoch=4, seed=3)
+    T.train(cfg, tmp_path / "cpu", data_dir=mnist_dir, progress=False)
+    T.train(cfg, tmp_path / "cuda", data_dir=mnist_dir, progress=False, device="cuda")
+    cpu, gpu = _losses(tmp_path / "cpu" / "loss.csv"), _losses(tmp_path / "cuda" / "loss.csv")
+    assert len(gpu) == len(cpu) == 8
+    torch.testing.assert_close(torch.tensor(gpu), torch.tensor(cpu), rtol=5e-2, atol=1e-3)
+    w = load_tensors(tmp_path / "cuda" / "model.safetensors")
+    assert all(v.device.type == "cpu" for v in w.values())

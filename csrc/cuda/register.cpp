@@ -5,7 +5,7 @@
 // files). Nothing here synchronises or copies to the host, so the ops can be captured in a CUDA
 // graph; t / t_prev are not range-checked on the device (that would sync every step): the
 // kernels clamp indices instead, and diffaccel.functional checks host-held timesteps.
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -42,7 +42,7 @@ void add_noise(const at::Tensor& x0, const at::Tensor& noise, const at::Tensor& 
   const c10::cuda::CUDAGuard guard(x0.device());
   check_cuda(launch::add_noise(dtype_of(x0), x0.const_data_ptr(), noise.const_data_ptr(), abar.const_data_ptr<float>(),
                                abar.numel(), t.const_data_ptr<int64_t>(), out.mutable_data_ptr(), x0.size(0),
-                               inner_of(x0), at::cuda::getCurrentCUDAStream()),
+                               inner_of(x0), c10::cuda::getCurrentCUDAStream()),
              "add_noise");
 }
 
@@ -55,7 +55,7 @@ void predict_x0(const at::Tensor& x_t, const at::Tensor& eps, const at::Tensor& 
   const c10::cuda::CUDAGuard guard(x_t.device());
   check_cuda(launch::predict_x0(dtype_of(x_t), x_t.const_data_ptr(), eps.const_data_ptr(), abar.const_data_ptr<float>(),
                                 abar.numel(), t.const_data_ptr<int64_t>(), out.mutable_data_ptr(), x_t.size(0),
-                                inner_of(x_t), at::cuda::getCurrentCUDAStream()),
+                                inner_of(x_t), c10::cuda::getCurrentCUDAStream()),
              "predict_x0");
 }
 
@@ -66,7 +66,7 @@ void cfg_combine(const at::Tensor& eps_u, const at::Tensor& eps_c, double scale,
   const c10::cuda::CUDAGuard guard(eps_u.device());
   check_cuda(launch::cfg_combine(dtype_of(eps_u), eps_u.const_data_ptr(), eps_c.const_data_ptr(),
                                  static_cast<float>(scale), out.mutable_data_ptr(), eps_u.numel(),
-                                 at::cuda::getCurrentCUDAStream()),
+                                 c10::cuda::getCurrentCUDAStream()),
              "cfg_combine");
 }
 
@@ -95,7 +95,7 @@ void ddpm_step(const at::Tensor& x_t, const at::Tensor& eps_u, const std::option
                                static_cast<float>(clip_x0), static_cast<float>(threshold_ratio),
                                static_cast<float>(threshold_max),
                                scratch.defined() ? scratch.mutable_data_ptr<float>() : nullptr,
-                               out.mutable_data_ptr(), n, inner_of(x_t), at::cuda::getCurrentCUDAStream()),
+                               out.mutable_data_ptr(), n, inner_of(x_t), c10::cuda::getCurrentCUDAStream()),
              "ddpm_step");
 }
 
@@ -114,7 +114,7 @@ void ddim_step(const at::Tensor& x_t, const at::Tensor& eps_u, const std::option
                                static_cast<float>(scale), abar.const_data_ptr<float>(), abar.numel(),
                                t.const_data_ptr<int64_t>(), t_prev.const_data_ptr<int64_t>(),
                                static_cast<float>(eta), opt_ptr(noise), out.mutable_data_ptr(), x_t.size(0),
-                               inner_of(x_t), at::cuda::getCurrentCUDAStream()),
+                               inner_of(x_t), c10::cuda::getCurrentCUDAStream()),
              "ddim_step");
 }
 
@@ -126,7 +126,7 @@ void gaussian_filter(const std::optional<at::Tensor>& low, const std::optional<a
   at::Tensor tmp = at::empty({launch::gaussian_filter_tmp_floats(planes, h, w)}, x.options().dtype(at::kFloat));
   check_cuda(launch::gaussian_filter(dtype_of(x), opt_ptr(low), opt_ptr(high), static_cast<int32_t>(kernel_size),
                                      static_cast<float>(sigma), tmp.mutable_data_ptr<float>(), out.mutable_data_ptr(),
-                                     planes, h, w, at::cuda::getCurrentCUDAStream()),
+                                     planes, h, w, c10::cuda::getCurrentCUDAStream()),
              "gaussian_filter");
 }
 
@@ -142,7 +142,7 @@ void masked_project(const at::Tensor& x_t, const at::Tensor& x_orig, const at::T
   check_cuda(launch::masked_project(dtype_of(x_t), x_t.const_data_ptr(), x_orig.const_data_ptr(), mask.const_data_ptr(),
                                     mask.size(0), mask.size(1), noise.const_data_ptr(), abar.const_data_ptr<float>(),
                                     abar.numel(), t.const_data_ptr<int64_t>(), out.mutable_data_ptr(), x_t.size(0),
-                                    x_t.size(1), x_t.size(2) * x_t.size(3), at::cuda::getCurrentCUDAStream()),
+                                    x_t.size(1), x_t.size(2) * x_t.size(3), c10::cuda::getCurrentCUDAStream()),
              "masked_project");
 }
 

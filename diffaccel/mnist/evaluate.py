@@ -28,7 +28,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def denoiser_psnr(model: MNISTDiffusion, x: torch.Tensor, sigmas: Sequence[float] = SIGMAS, seed: int = 0,
                   batch_size: int = 1000) -> dict:
     gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(x.shape, generator=gen)
+    noise = torch.randn(x.shape, generator=gen).to(x.device)
     res = {}
     for s in sigmas:
         outs = [model.model(F.add_gaussian_noise(x[i:i + batch_size], noise[i:i + batch_size], s))
@@ -52,8 +52,10 @@ def evaluate_generator(model: MNISTDiffusion, n: int = 10000, guidance_scale: fl
     xt, _ = mnist_tensors("test", root=data_dir)
     t0 = time.time()
     labels = torch.arange(n) % 10 if model.conditioning == "class" else None
+    cuda = model.device.type == "cuda"  # CUDA: big batches, each loop replayed as one CUDA graph
     x = sample(model, labels=labels, n=None if labels is not None else n, guidance_scale=guidance_scale,
-               num_steps=num_steps, seed=seed, sampler=sampler, progress=progress)
+               num_steps=num_steps, seed=seed, sampler=sampler, progress=progress,
+               batch_size=1000 if cuda else 512, cuda_graph=cuda).cpu()
     res = {"model": model.name, "n": n, "num_steps": num_steps or (model.num_timesteps if model.kind == "ddpm" else 300),
            "sampler": sampler if model.kind == "ddpm" else "euler", "seed": seed,
            "sampling_time_s": round(time.time() - t0, 1)}

@@ -154,13 +154,16 @@ class UNet(nn.Module):
 
 
 def one_hot(labels: Optional[torch.Tensor], n: int, num_classes: int = 10, device=None, dtype=torch.float32):
-    """Labels -> one-hot [N, num_classes]; ``None`` or label -1 -> all zeros (unconditional)."""
+    """Labels -> one-hot [N, num_classes]; ``None`` or label -1 -> all zeros (unconditional).
+
+    CPU labels are range-checked, then copied to ``device`` without blocking; the encoding is a
+    comparison (no boolean indexing), so nothing here waits for the GPU."""
     if labels is None:
         return torch.zeros(n, num_classes, device=device, dtype=dtype)
-    labels = torch.as_tensor(labels, device=device).long().reshape(-1)
-    if labels.numel() and (labels.max() >= num_classes or labels.min() < -1):
+    labels = torch.as_tensor(labels).long().reshape(-1)
+    if labels.device.type == "cpu" and labels.numel() and (labels.max() >= num_classes or labels.min() < -1):
         raise ValueError(f"labels must be in [0, {num_classes - 1}] (or -1 for unconditional), got {labels.tolist()[:10]}")
-    out = torch.zeros(labels.numel(), num_classes, device=device, dtype=dtype)
-    keep = labels >= 0
-    out[keep] = torch.nn.functional.one_hot(labels[keep], num_classes).to(dtype)
-    return out
+    if device is not None:
+        labels = labels.to(device, non_blocking=True)
+    classes = torch.arange(num_classes, device=labels.device)
+    return (labels[:, None] == classes).to(dtype)

@@ -19,6 +19,8 @@ from .models import one_hot
 from .pretrained import MNISTDiffusion
 
 SAMPLERS = ("ddpm", "ddim")
+#: Device types whose sampling loops get all their noise drawn before the first step.
+NOISE_UP_FRONT = ("cuda",)
 
 
 def stream_seed(seed: int, index: int) -> int:
@@ -53,6 +55,23 @@ class PerSampleNoise:
             return self._buf.to(self.device, copy=True)
         return out.copy_(self._buf)
 
+    def draw_steps(self, k: int) -> torch.Tensor:
+        """The next ``k`` draws at once, ``[k, n, *shape]`` on the device: the same numbers as
+        ``k`` calls of :meth:`draw` (a CPU generator's ``randn`` of ``k * m`` values equals ``k``
+        draws of ``m`` when ``m`` is a multiple of 16, as 784 is). On CUDA the block is drawn
+        into pinned memory and copied without blocking, so a sampling loop that reads it makes
+        no host<->device transfer (and no synchronisation) per step and can be a CUDA graph."""
+        m = 1
+        for s in self.shape:
+            m *= s
+        if m % 16:
+            raise ValueError(f"draw_steps needs a multiple of 16 values per draw, got {m}")
+        pin = self.device.type == "cuda"
+        buf = torch.empty((len(self.gens), k, *self.shape), pin_memory=pin)
+        for i, g in enumerate(self.gens):
+            torch.randn((k, *self.shape), generator=g, out=buf[i])
+        return buf.to(self.device, non_blocking=pin).transpose(0, 1).contiguous()
+
 
 def ddpm_timesteps(num_train_timesteps: int, num_steps: Optional[int] = None) -> list:
     """Descending timestep indices: all of T-1..0, or ``num_steps`` evenly strided ones ending at 0."""
@@ -81,23 +100,39 @@ def _labels_for(model: MNISTDiffusion, labels, n: Optional[int]) -> tuple:
     return labels, n
 
 
+def _noise_draws(model: MNISTDiffusion, ts: Optional[list], sampler: str) -> int:
+    """How many N(0, I) draws a sampling run takes after x_T (one per DDPM step with t > 0)."""
+    if model.kind == "ddpm" and sampler == "ddpm":
+        return sum(1 for t in ts if t > 0)
+    return 0
+
+
 @torch.inference_mode()
 def _sample_batch(model: MNISTDiffusion, labels, indices, guidance_scale, num_steps, seed, sampler,
-                  callback, progress, backend, compile, precision):
+                  callback, progress, backend, compile, precision, graphs: Optional[dict] = None):
+    if model.kind not in ("ddpm", "flow"):
+        raise ValueError(f"model {model.name!r} is a one-step {model.kind}, not a generative model")
     net, dev = model.inference_model(compile=compile), model.device
     bf16 = precision == "bf16"
     n = len(indices)
+    ts = ddpm_timesteps(model.num_timesteps, num_steps) if model.kind == "ddpm" else None
     noise = PerSampleNoise(seed, indices, (1, 28, 28), dev)
-    x = noise.draw()
+    # On CUDA all the noise is drawn up front (pinned, one non-blocking copy): the loop below
+    # then never touches the host, which is what lets it run unsynchronised or as a CUDA graph.
+    up_front = dev.type in NOISE_UP_FRONT or graphs is not None
+    if up_front:
+        draws = noise.draw_steps(1 + _noise_draws(model, ts, sampler))
+        x, zs = draws[0], draws[1:]
+    else:
+        x, zs = noise.draw(), None
     guided = model.conditioning == "class" and labels is not None and guidance_scale != 1.0
     if model.conditioning == "class":
         c = one_hot(labels, n, device=dev)
         cond = torch.cat([c, torch.zeros_like(c)]) if guided else c
     else:
         cond = None
-    z = torch.empty_like(x)
 
-    def predict(x_in, t_in):
+    def predict(x_in, t_in, cond):
         # bf16: the UNet runs under autocast (oneDNN bf16 kernels); the update stays float32
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
             if guided:
@@ -105,47 +140,79 @@ def _sample_batch(model: MNISTDiffusion, labels, indices, guidance_scale, num_st
                 return out[:n], out[n:]  # (cond, uncond)
             return net(x_in, t_in, cond).float(), None
 
-    if model.kind == "ddpm":
-        abar = model.alphas_cumprod.to(dev)
-        ts = ddpm_timesteps(model.num_timesteps, num_steps)
-        for i in tqdm(range(len(ts)), desc="sampling", disable=not progress, leave=False):
-            t, t_prev = ts[i], (ts[i + 1] if i + 1 < len(ts) else -1)
-            t_in = model.time_input(torch.full((n,), t, device=dev))
-            eps_c, eps_u = predict(x, t_in)
-            if sampler == "ddim":
-                if guided:
-                    F.cfg_ddim_step(x, eps_u, eps_c, guidance_scale, abar, t, t_prev, out=x, backend=backend)
+    def run(x, zs, cond, show: bool):
+        """The sampling loop, in place on ``x``; ``zs``: the pre-drawn noise (else drawn per step)."""
+        z = torch.empty_like(x) if zs is None else None
+        if model.kind == "ddpm":
+            abar = model.alphas_cumprod.to(dev)
+            j = 0
+            for i in tqdm(range(len(ts)), desc="sampling", disable=not show, leave=False):
+                t, t_prev = ts[i], (ts[i + 1] if i + 1 < len(ts) else -1)
+                t_in = model.time_input(torch.full((n,), t, device=dev))
+                eps_c, eps_u = predict(x, t_in, cond)
+                if sampler == "ddim":
+                    if guided:
+                        F.cfg_ddim_step(x, eps_u, eps_c, guidance_scale, abar, t, t_prev, out=x, backend=backend)
+                    else:
+                        F.ddim_step(x, eps_c, abar, t, t_prev, out=x, backend=backend)
                 else:
-                    F.ddim_step(x, eps_c, abar, t, t_prev, out=x, backend=backend)
-            else:
-                zn = noise.draw(z) if t > 0 else None
-                if guided:
-                    F.cfg_ddpm_step(x, eps_u, eps_c, guidance_scale, abar, t, t_prev, noise=zn,
-                                    variance="fixed_large", out=x, backend=backend)
-                else:
-                    F.ddpm_step(x, eps_c, abar, t, t_prev, noise=zn, variance="fixed_large", out=x, backend=backend)
-            if callback is not None:
-                callback({"i": i, "t": t, "x": x})
-    elif model.kind == "flow":
-        steps = num_steps or 300
-        dt = 1.0 / steps
-        for i in tqdm(range(steps), desc="sampling", disable=not progress, leave=False):
-            t_in = torch.full((n,), i * dt, device=dev)
-            u_c, u_u = predict(x, t_in)
-            u = F.cfg_combine(u_u, u_c, guidance_scale, backend=backend) if guided else u_c
-            F.euler_step(x, u, dt, out=x)
-            if callback is not None:
-                callback({"i": i, "t": i * dt, "x": x})
-    else:
-        raise ValueError(f"model {model.name!r} is a one-step {model.kind}, not a generative model")
-    return x.clamp_(0, 1)
+                    zn = None
+                    if t > 0:
+                        zn = noise.draw(z) if zs is None else zs[j]
+                        j += 1
+                    if guided:
+                        F.cfg_ddpm_step(x, eps_u, eps_c, guidance_scale, abar, t, t_prev, noise=zn,
+                                        variance="fixed_large", out=x, backend=backend)
+                    else:
+                        F.ddpm_step(x, eps_c, abar, t, t_prev, noise=zn, variance="fixed_large", out=x,
+                                    backend=backend)
+                if callback is not None:
+                    callback({"i": i, "t": t, "x": x})
+        else:
+            steps = num_steps or 300
+            dt = 1.0 / steps
+            for i in tqdm(range(steps), desc="sampling", disable=not show, leave=False):
+                t_in = torch.full((n,), i * dt, device=dev)
+                u_c, u_u = predict(x, t_in, cond)
+                u = F.cfg_combine(u_u, u_c, guidance_scale, backend=backend) if guided else u_c
+                F.euler_step(x, u, dt, out=x)
+                if callback is not None:
+                    callback({"i": i, "t": i * dt, "x": x})
+        return x
+
+    if graphs is None:
+        return run(x, zs, cond, progress).clamp_(0, 1)
+    # CUDA graph: the whole loop is captured once per batch size and replayed; a later batch of
+    # the same size only copies its x_T, noise and labels into the captured buffers.
+    key = n
+    if key not in graphs:
+        static = {"x": x.clone(), "zs": zs.clone(), "cond": None if cond is None else cond.clone()}
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):  # warm-up outside the capture: cuDNN plans, lazy inits
+            t0 = model.time_input(torch.zeros(n, device=dev))
+            for _ in range(2):
+                predict(x.clone(), t0, static["cond"])
+        torch.cuda.current_stream(dev).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static["out"] = run(static["x"], static["zs"], static["cond"], False)
+        graphs[key] = (graph, static)
+    graph, static = graphs[key]
+    static["x"].copy_(x)
+    static["zs"].copy_(zs)
+    if cond is not None:
+        static["cond"].copy_(cond)
+    graph.replay()
+    return static["out"].clamp(0, 1)
 
 
 def sample(model: MNISTDiffusion, labels: Union[Sequence[int], torch.Tensor, None] = None, n: Optional[int] = None,
            guidance_scale: float = 5.0, num_steps: Optional[int] = None, seed: int = 0, *,
            sampler: str = "ddpm", batch_size: int = 512, start_index: int = 0,
            callback: Optional[Callable[[dict], None]] = None, progress: bool = False,
-           backend: str = "auto", compile: bool = False, precision: str = "fp32") -> torch.Tensor:
+           backend: str = "auto", compile: bool = False, precision: str = "fp32",
+           cuda_graph: bool = False) -> torch.Tensor:
     """Sample digits: a float tensor [N, 1, 28, 28] in [0, 1] on the model's device.
 
     Class-conditional models use CFG with ``guidance_scale`` (SPEC B2.5; ``labels`` default to
@@ -155,6 +222,9 @@ def sample(model: MNISTDiffusion, labels: Union[Sequence[int], torch.Tensor, Non
     folded and channels-last (:mod:`diffaccel.mnist.inference`); ``compile=True`` also compiles it;
     ``precision="bf16"`` runs it under bfloat16 autocast (about 1.7x faster on CPUs with AVX512-BF16
     or AMX, and on GPUs; the digits change by bf16 rounding, the update itself stays float32).
+    On CUDA the loop makes no host synchronisation per step (the noise is drawn up front);
+    ``cuda_graph=True`` captures the whole loop as one CUDA graph per batch size and replays it
+    (same digits; no ``callback``, since nothing runs on the host during a replay).
     """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
@@ -167,12 +237,20 @@ def sample(model: MNISTDiffusion, labels: Union[Sequence[int], torch.Tensor, Non
         raise ValueError(f"n must be >= 1, got {n}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    graphs = None
+    if cuda_graph:
+        if model.device.type != "cuda":
+            raise ValueError(f"cuda_graph=True needs the model on a CUDA device, it is on {model.device}")
+        if callback is not None:
+            raise ValueError("cuda_graph=True cannot call a callback per step (a graph replay runs no Python)")
+        graphs = {}
     outs = []
     for s in range(0, n, batch_size):
         e = min(n, s + batch_size)
         lab = labels[s:e] if labels is not None else None
         outs.append(_sample_batch(model, lab, range(start_index + s, start_index + e), float(guidance_scale),
-                                  num_steps, seed, sampler, callback, progress, backend, compile, precision))
+                                  num_steps, seed, sampler, callback, progress, backend, compile, precision,
+                                  graphs))
     return torch.cat(outs)
 
 
@@ -180,23 +258,31 @@ def sample(model: MNISTDiffusion, labels: Union[Sequence[int], torch.Tensor, Non
 def sample_naive(model: MNISTDiffusion, labels, guidance_scale: float = 5.0, seed: int = 0) -> torch.Tensor:
     """The straightforward course-style loop (two separate UNet calls per step, unfused update,
     fresh tensors every step) — the baseline the benchmarks compare :func:`sample` against.
-    Same noise streams as :func:`sample`, so both give the same digits."""
+    Same noise streams as :func:`sample`, so both give the same digits (on CUDA the noise is
+    drawn up front, as :func:`sample` does, so both loops time the GPU work alone)."""
     from .. import reference as R
 
-    net = model.model
+    net, dev = model.model, model.device
     labels = torch.as_tensor(labels).long()
     n = labels.numel()
-    noise = PerSampleNoise(seed, range(n), (1, 28, 28), model.device)
-    x = noise.draw()
-    c = one_hot(labels, n)
-    abar = model.alphas_cumprod
     T = model.num_timesteps
+    noise = PerSampleNoise(seed, range(n), (1, 28, 28), dev)
+    if dev.type in NOISE_UP_FRONT:
+        draws = noise.draw_steps(T)
+        x, zs = draws[0], draws[1:]
+    else:
+        x, zs = noise.draw(), None
+    c = one_hot(labels, n, device=dev)
+    abar = model.alphas_cumprod.to(dev)
     for t in range(T - 1, -1, -1):
-        tt = torch.full((n,), t)
+        tt = torch.full((n,), t, device=dev)
         t_in = tt.float() / T
         eps_c = net(x, t_in, c)
         eps_u = net(x, t_in, torch.zeros_like(c))
         eps = eps_u + guidance_scale * (eps_c - eps_u)
-        z = noise.draw() if t > 0 else torch.zeros_like(x)
+        if t > 0:
+            z = noise.draw() if zs is None else zs[T - 1 - t]
+        else:
+            z = torch.zeros_like(x)
         x = R.ddpm_step(x, eps, abar, tt, tt - 1, noise=z, variance="fixed_large")
     return x.clamp(0, 1)

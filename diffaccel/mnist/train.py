@@ -122,15 +122,15 @@ def training_loss(model, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, gen
         drop = torch.rand(n, generator=gen) < cfg.p_uncond
     x, y, noise = x[rank_slice], y[rank_slice], noise[rank_slice]
     dev = next(model.parameters()).device
-    x, noise = x.to(dev, non_blocking=True), noise.to(dev, non_blocking=True)
+    x, noise = x.to(dev, non_blocking=True), noise.to(dev, non_blocking=True)  # pageable: safe, no stream sync
     if cfg.task == "denoiser":
         return nnf.mse_loss(model(F.add_gaussian_noise(x, noise, cfg.sigma)), x)
     if cfg.task == "pure_noise":
         return nnf.mse_loss(model(noise), x)
-    t, drop = t[rank_slice].to(dev), drop[rank_slice].to(dev)
     c = None
     if cfg.conditioning == "class":
-        c = one_hot(torch.where(drop, torch.full_like(y, -1), y).to(dev), x.shape[0], device=dev)
+        c = one_hot(torch.where(drop[rank_slice], torch.full_like(y, -1), y), x.shape[0], device=dev)
+    t = t[rank_slice].to(dev, non_blocking=True)
     if cfg.task == "ddpm":
         x_t = F.add_noise(x, noise, abar, t)
         return nnf.mse_loss(model(x_t, t.float() / cfg.num_timesteps, c), noise)
@@ -233,6 +233,8 @@ def train(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progre
     per_rank = cfg.batch_size // world
     rank_slice = slice(rank * per_rank, (rank + 1) * per_rank)
     dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(dev)
@@ -301,6 +303,17 @@ def train(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progre
             "lr_scheduler": sched.state_dict() if sched is not None else None,
         })
 
+    # Losses stay on the device and are copied to the host in blocks: a float() per step would
+    # make the CPU wait for the GPU every step (no overlap of launch and compute).
+    pending: list = []
+    flush_every = 1 if dev.type == "cpu" else 50
+
+    def flush(epoch: int) -> None:
+        if pending:
+            vals = torch.stack(pending).float().cpu().tolist()
+            losses.extend((len(losses) + i, epoch, v) for i, v in enumerate(vals))
+            pending.clear()
+
     t_start = time.time()
     train_model.train()
     for epoch in range(start_epoch, cfg.epochs):
@@ -324,10 +337,14 @@ def train(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progre
             val = loss.detach()
             if world > 1:
                 dist.all_reduce(val, op=dist.ReduceOp.AVG)
-            losses.append((len(losses), epoch, float(val)))
-            bar.set_postfix(loss=f"{losses[-1][2]:.4f}")
+            pending.append(val)
+            if len(pending) >= flush_every:  # one device->host copy per flush_every steps
+                flush(epoch)
+                bar.set_postfix(loss=f"{losses[-1][2]:.4f}")
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps_per_epoch:
+                flush(epoch)
                 save_checkpoint(epoch, step + 1, gen)
+        flush(epoch)
         if sched is not None:
             sched.step()
         if rank == 0:
