@@ -59,6 +59,26 @@ done
 wait
 snap
 
+pack() {
+  $PY scripts/gpu_pack.py "$RUNS" "$W/tars" --snapshot 5 --names $SHIP >> "$W/pack.log" 2>&1
+  for p in $SHIP; do cp "$W/tars/run-$p.tar" "$OUT/" 2>/dev/null; done
+  ( cd "$W/tars" && tar cf "$OUT/runs-small.tar" run-denoiser.tar run-pure_noise.tar 2>/dev/null )
+}
+evaluate() {  # evaluate NAME [extra args]: the shipped (fp16) weights, if time is left
+  local p=$1; shift
+  [ -f "$RUNS/$p/model.safetensors" ] || return 0
+  [ "$(left)" -gt 30 ] || { log "eval $p skipped (time)"; return 0; }
+  timeout $(( $(left) - 20 )) $PY -m diffaccel.cli mnist eval --model "$RUNS/$p" --device cuda --no-progress "$@" \
+    --json "$RUNS/$p/eval.json" >> "$W/eval.log" 2>&1
+  log "eval $p exit $?"
+  snap
+}
+
+log "fp16 weights for shipping, packed into \$OUT"
+pack
+log "packed"; snap
+evaluate ddpm_class --num-steps 50 --sampler ddim
+
 log "op benchmarks on the GPU (fp32, 16M elements)"
 timeout 120 $PY benchmarks/run.py --device cuda --no-compile --json "$W/ops-h100.json" > "$W/ops-h100.md" 2>&1
 log "ops exit $?"
@@ -66,29 +86,20 @@ timeout 45 $PY benchmarks/gpu_launches.py --json "$W/launches-h100.json" > "$W/l
 log "launches exit $?"
 snap
 
-log "fp16 weights for shipping; MNIST sampling benchmark; eval of the shipped (fp16) weights"
-$PY scripts/gpu_pack.py "$RUNS" "$OUT" --snapshot 5 --convert-only --names $SHIP > "$W/pack.log" 2>&1
 MODEL=ddpm_class; [ -f "$RUNS/ddpm_class/model.safetensors" ] && MODEL="$RUNS/ddpm_class"
 timeout 80 $PY benchmarks/bench_mnist_cuda.py --model "$MODEL" --json "$W/mnist-h100.json" > "$W/mnist-h100.log" 2>&1
 log "mnist bench exit $?"
 snap
-for p in ddpm_class flow_class ddpm_time flow_time denoiser pure_noise; do
-  [ -f "$RUNS/$p/model.safetensors" ] || continue
-  [ "$(left)" -gt 30 ] || { log "eval $p skipped (time)"; continue; }
-  extra=""; case $p in ddpm_*) extra="--num-steps 50 --sampler ddim";; esac
-  timeout $(( $(left) - 20 )) $PY -m diffaccel.cli mnist eval --model "$RUNS/$p" --device cuda --no-progress $extra \
-    --json "$RUNS/$p/eval.json" >> "$W/eval.log" 2>&1
-  log "eval $p exit $?"
-  snap
-done
+evaluate flow_class
+evaluate denoiser
+evaluate pure_noise
+evaluate ddpm_time --num-steps 50 --sampler ddim
+evaluate flow_time
 if [ -f "$RUNS/ddpm_class/model.safetensors" ] && [ "$(left)" -gt 70 ]; then
   timeout $(( $(left) - 20 )) $PY -m diffaccel.cli mnist eval --model "$RUNS/ddpm_class" --device cuda --no-progress \
     --json "$RUNS/ddpm_class/eval_ddpm300.json" >> "$W/eval.log" 2>&1; log "eval ddpm_class, 300-step DDPM, exit $?"
 fi
-
-$PY scripts/gpu_pack.py "$RUNS" "$W/tars" --snapshot 5 --names $SHIP >> "$W/pack.log" 2>&1
-for p in $SHIP; do mv "$W/tars/run-$p.tar" "$OUT/" 2>/dev/null; done
-( cd "$W/tars" && tar cf "$OUT/runs-small.tar" run-*.tar 2>/dev/null )
+pack
 log "done"
 snap
 ls -la "$OUT" | tee -a "$W/session.log"
