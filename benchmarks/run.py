@@ -13,7 +13,8 @@ For each op it times, side by side:
 * ``op``       — ``diffaccel.functional.<op>(..., backend=b)``, output allocated per call;
 * ``op out=``  — the same with a preallocated ``out=`` (what a sampling loop does).
 
-Times are medians of repeated calls after warm-up (CUDA: CUDA events). Achieved bandwidth
+Times are medians of repeated calls after warm-up (CUDA: 20 calls captured as one CUDA graph and
+replayed between CUDA events, i.e. the kernels alone, without Python overhead). Achieved bandwidth
 counts the op's *minimal* memory traffic (each input read once, the output written once),
 and is shown next to the bandwidth of ``dst.copy_(src)`` into an existing tensor on the same
 device, the practical ceiling for a memory-bound op. ``gaussian_blur_8x3x256`` (33 taps,
@@ -187,7 +188,40 @@ class Timer:
         fn()
         return time.perf_counter() - t0
 
+    def _graph(self, fn, reps: int = 20) -> float:
+        """GPU time per call: ``reps`` calls captured as one CUDA graph, replayed between two events.
+        This is the kernels' time alone; Python and launch overhead (what a captured sampling loop
+        never pays) is left out — benchmarks/gpu_launches.py measures that per call."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the capture (lazy inits, Triton JIT)
+            fn()
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(reps):
+                fn()
+        graph.replay()
+        times = []
+        for _ in range(self.min_reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3 / reps)
+        del graph
+        return self.stat(times)
+
     def __call__(self, fn) -> float:
+        if self.cuda:
+            try:
+                return self._graph(fn)
+            except Exception as e:  # noqa: BLE001 - not capturable: time calls one by one
+                print(f"  (CUDA graph capture failed: {type(e).__name__}: {str(e)[:120]}; timing eagerly)",
+                      file=sys.stderr)
+                torch.cuda.synchronize()
         first = self._once(fn)  # warm-up (and page-in of freshly allocated memory pools)
         second = self._once(fn)
         reps = max(self.min_reps, min(self.max_reps, int(self.budget_s / max(min(first, second), 1e-6))))

@@ -12,9 +12,11 @@ import argparse
 import hashlib
 import json
 import shutil
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 
 def _cpu_model() -> str:
@@ -36,6 +38,8 @@ def main() -> None:
     ap.add_argument("--eval", type=Path, default=None, help="JSON from `diffaccel mnist eval --json`")
     ap.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
     ap.add_argument("--dest", type=Path, default=ROOT / "diffaccel" / "weights" / "mnist")
+    ap.add_argument("--machine", default=None,
+                    help="where it was trained (default: this machine's CPU, as a 2-core VM)")
     args = ap.parse_args()
 
     run = args.run_dir
@@ -67,16 +71,29 @@ def main() -> None:
         + (f", sigma = {tc['sigma']}" if tc["task"] == "denoiser" else "") + ".",
         f"- **Data**: the 60,000 MNIST training digits; SHA-256 of `SHA256SUMS.raw` (decompressed IDX checksums) "
         f"digest `{data_sha}`.",
-        f"- **Machine**: {_cpu_model()}, 2-core VM; {info['machine']} (shared with other jobs while training, so "
-        "wall time is an upper bound).",
+        (f"- **Machine**: {args.machine}; {info['machine']}." if args.machine else
+         f"- **Machine**: {_cpu_model()}, 2-core VM; {info['machine']} (shared with other jobs while training, so "
+         "wall time is an upper bound)."),
         f"- **Wall time**: {info['wall_time_s']} s for {info['steps']} steps.",
         f"- **Final loss**: last batch {info['final_loss']:.5f}, mean of the last epoch {info['final_epoch_mean_loss']:.5f}.",
         f"- **Snapshots shipped**: after epochs {args.epochs or 'none'} (for the figures).",
     ]
     if ev:
         lines.append(f"- **Eval**: `{json.dumps(ev)}`")
-    lines += ["", "This is a CPU-trainable configuration (smaller D / fewer epochs than the course's), chosen so the "
-              "weights could be trained on a 2-core CPU; the full configs are `--preset` defaults and need a GPU.", ""]
+    from diffaccel.mnist.train import PRESETS
+
+    full = any(all(tc.get(k) == v for k, v in pre.items()) for pre in PRESETS.values())
+    with open(dest / f"{args.name}.safetensors", "rb") as f:
+        header = f.read(8 + int.from_bytes(f.read(8), "little"))
+    if full:
+        lines += ["", "This is the course's configuration (the `--preset` defaults: D, batch, learning rate, epochs)."]
+    else:
+        lines += ["", "This is a CPU-trainable configuration (smaller D / fewer epochs than the course's), chosen so the "
+                  "weights could be trained on a 2-core CPU; the full configs are `--preset` defaults and need a GPU."]
+    if b'"F16"' in header:
+        lines += ["Weights are stored as float16 (half the file size); loading casts them to float32, and the eval "
+                  "numbers above were measured on these float16 weights."]
+    lines.append("")
     (dest / f"{args.name}.md").write_text("\n".join(lines))
     print(f"packaged {args.name} -> {dest}")
 

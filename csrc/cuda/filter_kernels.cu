@@ -69,8 +69,12 @@ __global__ void __launch_bounds__(kFilterThreads)
     if constexpr (kTiled) {
       __syncthreads();  // the previous plane's tile is no longer read
       for (int idx = threadIdx.x; idx < kTile * pitch; idx += kFilterThreads) {
-        const int r = idx / pitch, c = idx - r * pitch, y = y0 + r;
-        tile[idx] = y < h ? difference(low, high, off + static_cast<int64_t>(y) * w + reflect(x0 - p + c, w)) : 0.f;
+        // Columns past w - 1 + p feed no output of this tile (it is cut at w) and would be
+        // outside reflect's range (-w, 2w - 1) on images narrower than the tile: load 0.
+        const int r = idx / pitch, c = idx - r * pitch, y = y0 + r, xx = x0 - p + c;
+        tile[idx] = y < h && xx < w + p
+                        ? difference(low, high, off + static_cast<int64_t>(y) * w + reflect(xx, w))
+                        : 0.f;
       }
       __syncthreads();
     }
@@ -108,8 +112,9 @@ __global__ void __launch_bounds__(kFilterThreads)
     if constexpr (kTiled) {
       __syncthreads();
       for (int idx = threadIdx.x; idx < rows * kTile; idx += kFilterThreads) {
-        const int r = idx / kTile, c = idx - r * kTile, xx = x0 + c;
-        tile[idx] = xx < w ? tmp[off + static_cast<int64_t>(reflect(y0 - p + r, h)) * w + xx] : 0.f;
+        // As in pass 1: rows past h - 1 + p are never read (and would not reflect into range).
+        const int r = idx / kTile, c = idx - r * kTile, xx = x0 + c, yy = y0 - p + r;
+        tile[idx] = xx < w && yy < h + p ? tmp[off + static_cast<int64_t>(reflect(yy, h)) * w + xx] : 0.f;
       }
       __syncthreads();
     }
