@@ -195,11 +195,19 @@ def test_cuda_sampling_never_syncs_and_graph_replays_the_same(tiny_runs, name, k
     torch.cuda.set_sync_debug_mode("error")  # any device->host wait inside sample() raises
     try:
         eager = S.sample(m, labels=labels, seed=1, batch_size=4, **kw)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    # The capture itself synchronises once (torch.cuda.graph does); replays never do.
+    captured = S.sample(m, labels=labels, seed=1, batch_size=4, cuda_graph=True, **kw)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
         graphed = S.sample(m, labels=labels, seed=1, batch_size=4, cuda_graph=True, **kw)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert eager.device.type == "cuda" and eager.shape == (10, 1, 28, 28)
-    torch.testing.assert_close(graphed, eager, atol=1e-5, rtol=0)  # same kernels, replayed
+    torch.testing.assert_close(captured, eager, atol=1e-5, rtol=0)  # same kernels, replayed
+    torch.testing.assert_close(graphed, eager, atol=1e-5, rtol=0)
     cpu = S.sample(P.MNISTDiffusion.from_train_dir(tiny_runs[name]), labels=labels, seed=1, batch_size=4, **kw)
     # Same noise streams as on the CPU; cuDNN's TF32 convolutions move the digits a little.
     assert (eager.cpu() - cpu).abs().mean() < 2e-2
@@ -221,3 +229,10 @@ def test_cuda_graph_is_captured_once_per_batch_size(tiny_runs, monkeypatch):
     monkeypatch.setattr(torch.cuda, "CUDAGraph", Counting)
     S.sample(m, n=10, num_steps=5, batch_size=4, cuda_graph=True)  # batches 4, 4, 2
     assert len(captures) == 2
+    S.sample(m, n=6, num_steps=5, batch_size=4, cuda_graph=True, seed=3)  # 4, 2: replays only
+    assert len(captures) == 2
+    S.sample(m, n=4, num_steps=6, batch_size=4, cuda_graph=True)  # other settings: a new capture
+    assert len(captures) == 3
+    m.clear_cuda_graphs()
+    S.sample(m, n=4, num_steps=5, batch_size=4, cuda_graph=True)
+    assert len(captures) == 4

@@ -38,6 +38,7 @@ class MNISTDiffusion:
     alphas_cumprod: Optional[torch.Tensor] = None
     info: dict = field(default_factory=dict)
     _fast: dict = field(default_factory=dict, repr=False, compare=False)
+    _graphs: dict = field(default_factory=dict, repr=False, compare=False)  # sampling.sample(cuda_graph=True)
 
     def inference_model(self, compile: bool = False) -> torch.nn.Module:
         """The UNet with BatchNorm folded and channels-last (cached; a snapshot of the current weights)."""
@@ -61,9 +62,14 @@ class MNISTDiffusion:
             return t.to(torch.float32) / self.num_timesteps
         return t.to(torch.float32)
 
+    def clear_cuda_graphs(self) -> None:
+        """Free the CUDA graphs (and their buffers) that ``sample(..., cuda_graph=True)`` keeps."""
+        self._graphs.clear()
+
     def to(self, device) -> "MNISTDiffusion":
         self.model.to(device)
         self._fast.clear()
+        self._graphs.clear()
         if self.alphas_cumprod is not None:
             self.alphas_cumprod = self.alphas_cumprod.to(device)
         return self

@@ -233,8 +233,12 @@ def train(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progre
     per_rank = cfg.batch_size // world
     rank_slice = slice(rank * per_rank, (rank + 1) * per_rank)
     dev = torch.device(device)
-    if dev.type == "cuda":
+    if dev.type == "cuda" and not torch.backends.cudnn.benchmark:
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
+        try:
+            return train(cfg, out_dir, data_dir, resume, progress, device, download)
+        finally:
+            torch.backends.cudnn.benchmark = False
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(dev)
