@@ -7,6 +7,7 @@ import torch
 
 from diffaccel.mnist import pretrained as P
 from diffaccel.mnist import sampling as S
+from diffaccel.mnist import inference as I
 from diffaccel.mnist.inference import fold_batchnorm
 from diffaccel.mnist.models import UNet, UNetConfig, one_hot
 from diffaccel.mnist.train import preset, train
@@ -33,6 +34,91 @@ def test_fast_sampler_equals_course_loop(tiny_runs):
     torch.testing.assert_close(fast, naive, atol=2e-4, rtol=0)
     other_seed = S.sample(m, labels=labels, guidance_scale=5.0, seed=8)
     assert (other_seed - fast).abs().max() > 1e-2
+
+
+def test_guided_chunks_equal_course_loop(tiny_runs, monkeypatch):
+    """Chunks of 2 + 1 samples (the guided forward per chunk) give the course loop's digits."""
+    monkeypatch.setattr(S, "GUIDED_CHUNK", 2)
+    m = P.MNISTDiffusion.from_train_dir(tiny_runs["ddpm_class"])
+    labels = [3, 8, 0]
+    fast = S.sample(m, labels=labels, guidance_scale=5.0, seed=7, compile=False)
+    naive = S.sample_naive(m, labels, guidance_scale=5.0, seed=7)
+    torch.testing.assert_close(fast, naive, atol=2e-4, rtol=0)
+
+
+def _trained_net(injection="add", hidden=8):
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(hidden=hidden, conditioning="class", injection=injection)).train()
+    with torch.no_grad():  # make the class matter as much as in a trained model
+        for fc in (net.fc1_c, net.fc2_c):
+            fc[2].weight.mul_(20.0)
+    x, t, c = torch.rand(8, 1, 28, 28), torch.rand(8), one_hot(torch.arange(8) % 10, 8)
+    with torch.no_grad():
+        for _ in range(3):
+            net(x, t, c)  # non-trivial BatchNorm statistics
+    return net.eval()
+
+
+@pytest.mark.parametrize("name,injection", [("ddpm_class", "add"), ("flow_class", "add"), ("ddpm_class", "mul")])
+def test_guided_unet_is_two_calls(name, injection):
+    """GuidedUNet(x, t, c, g) == eps_u + g (eps_c - eps_u) of the shipped (unfolded) UNet, to
+    float32 rounding (both shipped models inject time by "add"; "mul" is that net rewired)."""
+    import copy
+
+    net = copy.deepcopy(P.load_pretrained(name).model).eval()
+    net.config.injection = injection
+    g = I.guided_unet(net)
+    torch.manual_seed(1)
+    x, t, c = torch.randn(5, 1, 28, 28), torch.rand(5), one_hot(torch.tensor([0, 3, 9, 9, 4]), 5)
+    with torch.no_grad():
+        ec, eu = net(x, t, c), net(x, t, torch.zeros_like(c))
+        got = g(x, t, c, 5.0)
+        tol = 1e-5 * (eu + 5.0 * (ec - eu)).abs().max()  # float32 rounding of the output's size
+        assert (ec - eu).abs().max() > 100 * tol  # the class matters, so equality to tol can fail
+        torch.testing.assert_close(got, eu + 5.0 * (ec - eu), atol=tol, rtol=0)
+        torch.testing.assert_close(g(x, t, c, 1.0), ec, atol=tol, rtol=0)
+        torch.testing.assert_close(g(x, t, c, 0.0), eu, atol=tol, rtol=0)
+        assert (g(x, t, c.flip(0), 5.0) - got).abs().max() > 100 * tol
+        assert (g(x, t, c, 4.0) - got).abs().max() > 100 * tol
+    with pytest.raises(ValueError, match="class-conditioned"):
+        I.GuidedUNet(fold_batchnorm(UNet(UNetConfig(hidden=4, conditioning="time"))))
+    with pytest.raises(ValueError, match="fold"):
+        I.GuidedUNet(_trained_net())
+
+
+def test_gelu_rational_matches_erf_gelu():
+    x = torch.linspace(-12, 12, 200_001)
+    ref = torch.nn.functional.gelu(x.double())
+    assert (I.gelu_rational(x).double() - ref).abs().max() < 2e-6
+    assert (I.gelu_rational(x) - torch.nn.functional.gelu(x, approximate="tanh")).abs().max() > 1e-4
+
+
+def test_compiled_guided_unet_falls_back_to_eager(monkeypatch):
+    net = _trained_net(hidden=4)
+    x, t, c = torch.randn(3, 1, 28, 28), torch.rand(3), one_hot(torch.tensor([1, 2, 3]), 3)
+
+    def broken_compile(*args, **kwargs):
+        def run(*a):
+            raise RuntimeError("no C++ compiler")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    g = I.guided_unet(net, compile=True)
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="torch.compile unavailable"):
+        got = g(x, t, c, 5.0)
+    assert g.compiled_ok is False
+    with torch.no_grad():
+        torch.testing.assert_close(got, g.module(x, t, c, 5.0), atol=0, rtol=0)
+
+
+def test_compiled_guided_sampling_matches_eager(tiny_runs):
+    pytest.importorskip("torch._inductor")
+    m = P.MNISTDiffusion.from_train_dir(tiny_runs["ddpm_class"])
+    eager = S.sample(m, labels=[3, 8], num_steps=4, seed=2, compile=False)
+    comp = S.sample(m, labels=[3, 8], num_steps=4, seed=2, compile=True)
+    if not m.guided_model(compile=True).compiled_ok:
+        pytest.skip("torch.compile is unavailable here (the sampler fell back to eager)")
+    torch.testing.assert_close(comp, eager, atol=1e-4, rtol=0)
 
 
 def test_noise_is_per_sample(tiny_runs):

@@ -8,6 +8,8 @@ with one pass over each activation fewer.
 from __future__ import annotations
 
 import copy
+import warnings
+from typing import Optional
 
 import torch
 from torch import nn
@@ -45,3 +47,164 @@ def optimize_for_inference(model: nn.Module, channels_last: bool = True, compile
     if compile:
         fast = torch.compile(fast, dynamic=False)
     return fast
+
+
+# --- classifier-free guidance with the class-independent work done once -------------------------
+
+def _erf_rational(x: torch.Tensor) -> torch.Tensor:
+    """erf(x) as an odd rational function of x on [-4, 4] (Eigen's / XLA's float32 ``erf``;
+    max abs error 4e-7, a few float32 ulps). Only pointwise mul/add/div, so an inductor kernel
+    evaluates it in a dozen vector FMAs, fused with the surrounding pointwise work, instead of
+    the exp-based erf that ``gelu`` uses."""
+    x = x.clamp(-4.0, 4.0)
+    x2 = x * x
+    p = x2 * -2.72614225801306e-10 + 2.77068142495902e-08
+    for a in (-2.10102402082508e-06, -5.69250639462346e-05, -7.34990630326855e-04,
+              -2.95459980854025e-03, -1.60960333262415e-02):
+        p = x2 * p + a
+    q = x2 * -1.45660718464996e-05 + -2.13374055278905e-04
+    for b in (-1.68282697438203e-03, -7.37332916720468e-03, -1.42647390514189e-02):
+        q = x2 * q + b
+    return x * p / q
+
+
+def gelu_rational(x: torch.Tensor) -> torch.Tensor:
+    """Exact (erf) GELU up to float32 rounding (max abs error 1.4e-6 vs float64, as ``F.gelu``'s
+    1.2e-6), through :func:`_erf_rational`. Meant for compiled code; eager it is many passes."""
+    return 0.5 * x * (1.0 + _erf_rational(x * 0.7071067811865476))
+
+
+def _convs(mod: nn.Module) -> list:
+    return [m for m in mod.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+
+
+def _split_input(conv: nn.Module, k: int) -> tuple:
+    """``conv(cat(a, b)) == conv_a(a) + conv_b(b)``: the layer split along its input channels
+    (``a`` = the first ``k``); the bias goes with ``b``."""
+    transposed = isinstance(conv, nn.ConvTranspose2d)
+    cls = nn.ConvTranspose2d if transposed else nn.Conv2d
+    parts = []
+    for lo, hi, bias in ((0, k, False), (k, conv.in_channels, True)):
+        p = cls(hi - lo, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=bias)
+        with torch.no_grad():
+            p.weight.copy_(conv.weight[lo:hi] if transposed else conv.weight[:, lo:hi])
+            if bias:
+                p.bias.copy_(conv.bias)
+        parts.append(p.to(conv.weight.device))
+    return tuple(parts)
+
+
+class GuidedUNet(nn.Module):
+    """The class-conditioned course UNet evaluated for classifier-free guidance:
+    ``forward(x, t, c, scale) = eps_u + scale * (eps_c - eps_u)`` with ``eps_c = net(x, t, c)``
+    and ``eps_u = net(x, t, 0)`` — the same function as two UNet calls, with less work:
+
+    * the class enters only at the two injections (``u0``, ``u1``), so the encoder
+      (``e0, e1, e2`` and the Flatten/Unflatten bottleneck) is run once for both branches;
+    * each decoder layer that reads a skip concatenation ``cat(h, e)`` is split by input channels,
+      ``W [h; e] = W_h h + W_e e``, and the ``W_e e`` half (plus bias) is shared too;
+    * the head is linear, so the guidance combine happens on its 32-channel input and the head
+      runs once: ``head(hu + s (hc - hu)) = eu + s (ec - eu)``.
+
+    About 22% fewer multiply-adds than the two calls at D = 32, exact algebra (sums in another
+    order, so equal up to float32 rounding). Made from a BatchNorm-folded UNet.
+    """
+
+    def __init__(self, folded: nn.Module):
+        super().__init__()
+        cfg = folded.config
+        if cfg.conditioning != "class":
+            raise ValueError("GuidedUNet needs a class-conditioned UNet")
+        if any(isinstance(m, nn.BatchNorm2d) for m in folded.modules()):
+            raise ValueError("fold the BatchNorms first (fold_batchnorm)")
+        self.injection, d = cfg.injection, cfg.hidden
+        self.enc = nn.ModuleList(_convs(folded.enc0) + _convs(folded.enc1) + _convs(folded.enc2))
+        self.unflatten = folded.unflatten[0]
+        self.fc1_t, self.fc2_t, self.fc1_c, self.fc2_c = folded.fc1_t, folded.fc2_t, folded.fc1_c, folded.fc2_c
+        c1, c2, c3 = _convs(folded.dec1), _convs(folded.dec2), _convs(folded.dec3)
+        self.up1_h, self.up1_e = _split_input(c1[0], 2 * d)
+        self.up2_h, self.up2_e = _split_input(c2[0], d)
+        self.cat3_h, self.cat3_e = _split_input(c3[0], d)
+        self.dec1, self.dec2, self.dec3 = nn.ModuleList(c1[1:]), nn.ModuleList(c2[1:]), nn.ModuleList(c3[1:])
+        self.head = folded.head
+        self.rational_gelu = True  # under torch.compile only (see gelu_rational)
+
+    def _act(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rational_gelu and torch.compiler.is_compiling():
+            return gelu_rational(x)
+        return nn.functional.gelu(x)
+
+    def _inject(self, h, t_emb, c_emb):
+        h = c_emb[..., None, None] * h
+        return h + t_emb[..., None, None] if self.injection == "add" else h * t_emb[..., None, None]
+
+    def _join(self, h2: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """act(h2 + e) for h2 = [cond; uncond] (2n) and the shared e (n)."""
+        n = e.shape[0]
+        return self._act((h2.unflatten(0, (2, n)) + e).flatten(0, 1))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, scale: float) -> torch.Tensor:
+        n, act = x.shape[0], self._act
+        h, skips = x, []
+        for i, conv in enumerate(self.enc):  # enc0: 2 convs, enc1/enc2: 3 each
+            h = act(conv(h))
+            if i in (1, 4, 7):
+                skips.append(h)
+        e0, e1, e2 = skips
+        u0 = act(self.unflatten(act(nn.functional.avg_pool2d(e2, 7))))
+        t = t.to(x.dtype).reshape(-1, 1)
+        cc = torch.cat([c.to(x.dtype), torch.zeros_like(c, dtype=x.dtype)])  # [cond; uncond]
+        t1, t2 = self.fc1_t(t).repeat(2, 1), self.fc2_t(t).repeat(2, 1)
+        h = self._join(self.up1_h(self._inject(u0.repeat(2, 1, 1, 1), t1, self.fc1_c(cc))), self.up1_e(e2))
+        for conv in self.dec1:
+            h = act(conv(h))
+        h = self._inject(h, t2, self.fc2_c(cc))
+        h = self._join(self.up2_h(h), self.up2_e(e1))
+        for conv in self.dec2:
+            h = act(conv(h))
+        h = self._join(self.cat3_h(h), self.cat3_e(e0))
+        for conv in self.dec3:
+            h = act(conv(h))
+        h = h.float()  # under bf16 autocast: combine and head in float32, as the unfused path does
+        with torch.autocast(x.device.type, enabled=False):
+            return self.head(torch.lerp(h[n:], h[:n], scale))
+
+
+class CompiledOrEager(nn.Module):
+    """``torch.compile(module)`` (inductor, ``freezing=True``: weights become constants, oneDNN
+    prepacks them and fuses bias/activation epilogues) that falls back to the eager module, with
+    one warning, if compiling or running the compiled code fails (no C++ compiler, a platform
+    torch.compile does not support, ...). ``compiled_ok`` says which one ran last."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+        self.compiled_ok: Optional[bool] = None
+        try:
+            self._compiled = torch.compile(module, dynamic=False, options={"freezing": True})
+        except Exception as e:  # noqa: BLE001 - any failure means: run eager
+            self._fail(e)
+
+    def _fail(self, e: Exception) -> None:
+        warnings.warn(f"torch.compile unavailable ({type(e).__name__}: {str(e)[:200]}); running eager",
+                      RuntimeWarning, stacklevel=3)
+        self.compiled_ok, self._compiled = False, None
+
+    def forward(self, *args):
+        if self._compiled is not None:
+            try:
+                out = self._compiled(*args)
+                self.compiled_ok = True
+                return out
+            except Exception as e:  # noqa: BLE001
+                self._fail(e)
+        return self.module(*args)
+
+
+def guided_unet(model: nn.Module, channels_last: bool = True, compile: bool = False) -> nn.Module:
+    """:class:`GuidedUNet` of ``model`` (BN folded, channels-last), optionally compiled with a
+    clean eager fallback (:class:`CompiledOrEager`)."""
+    g = GuidedUNet(fold_batchnorm(model)).eval()
+    if channels_last:
+        g = g.to(memory_format=torch.channels_last)
+    return CompiledOrEager(g) if compile else g

@@ -48,6 +48,17 @@ class MNISTDiffusion:
             self._fast[compile] = optimize_for_inference(self.model, compile=compile)
         return self._fast[compile]
 
+    def guided_model(self, compile: bool = False) -> torch.nn.Module:
+        """The class-conditioned UNet as one CFG forward, ``net(x, t, c, scale)`` ->
+        ``eps_u + scale * (eps_c - eps_u)``, sharing the class-independent work
+        (:class:`~diffaccel.mnist.inference.GuidedUNet`; cached, a snapshot of the current weights)."""
+        from .inference import guided_unet
+
+        key = ("guided", compile)
+        if key not in self._fast:
+            self._fast[key] = guided_unet(self.model, compile=compile)
+        return self._fast[key]
+
     @property
     def conditioning(self) -> str:
         return self.model.config.conditioning
