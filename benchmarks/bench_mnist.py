@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,20 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from diffaccel._sysinfo import cpu_model  # noqa: E402
 from diffaccel.mnist import load_pretrained  # noqa: E402
 from diffaccel.mnist.sampling import sample, sample_naive  # noqa: E402
 from diffaccel.mnist.train import build_model, preset, training_loss  # noqa: E402
 from diffaccel.schedules import ddpm_linear_schedule  # noqa: E402
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def bench_sampling(model, n: int, seed: int, steps=None) -> dict:
@@ -122,7 +112,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = load_pretrained(args.model)
-    out = {"machine": {"cpu": _cpu_name(), "threads": args.threads, "torch": torch.__version__},
+    out = {"machine": {"cpu": cpu_model(), "threads": args.threads, "torch": torch.__version__},
            "model": args.model, "hidden": model.model.config.hidden, "n": args.n}
     out["sampling"] = s = bench_sampling(model, args.n, args.seed)
     print(f"\nCFG sampling, {args.n} digits, T={model.num_timesteps}, D={out['hidden']}, "

@@ -238,12 +238,9 @@ def copy_bandwidth(timer: Timer, numel: int, dtype: torch.dtype, device: torch.d
 
 
 def machine_info(device: torch.device, threads: int) -> Dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from diffaccel._sysinfo import cpu_model
+
+    cpu = cpu_model()
     info = {
         "cpu": cpu, "cpu_count": os.cpu_count(), "threads": threads, "torch": torch.__version__,
         "python": platform.python_version(), "diffaccel": diffaccel.__version__, "device": str(device),

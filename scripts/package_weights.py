@@ -18,15 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-
-def _cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
+from diffaccel._sysinfo import cpu_model  # noqa: E402
 
 
 def main() -> None:
@@ -72,7 +64,7 @@ def main() -> None:
         f"- **Data**: the 60,000 MNIST training digits; SHA-256 of `SHA256SUMS.raw` (decompressed IDX checksums) "
         f"digest `{data_sha}`.",
         (f"- **Machine**: {args.machine}; {info['machine']}." if args.machine else
-         f"- **Machine**: {_cpu_model()}, 2-core VM; {info['machine']} (shared with other jobs while training, so "
+         f"- **Machine**: {cpu_model()}, 2-core VM; {info['machine']} (shared with other jobs while training, so "
          "wall time is an upper bound)."),
         f"- **Wall time**: {info['wall_time_s']} s for {info['steps']} steps.",
         f"- **Final loss**: last batch {info['final_loss']:.5f}, mean of the last epoch {info['final_epoch_mean_loss']:.5f}.",
