@@ -239,6 +239,24 @@ def test_gaussian_filter_kernel_equals_image_limit():
 
 
 # ----------------------------------------------------------------------------- torch.compile
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("shape", [(1, 1, 70, 131), (2, 3, 40, 130), (1, 1, 17, 37)],
+                         ids=["one-plane", "planes", "narrow"])
+def test_gaussian_filter_33_taps_both_schedules(shape, dtype):
+    # One plane (fewer planes than threads: both passes over rows through a temporary) and many
+    # planes (whole planes per task through a tile); widths with full 64-float steps and tails.
+    lo, hi = _images(2, shape, dtype)
+    out = torch.empty_like(lo)
+    ops.gaussian_filter(lo, hi, 33, 2.0, out)
+    _close(out, ref.hybrid_combine(lo, hi, 33, 2.0))
+    ops.gaussian_filter(None, hi, 33, 2.0, out)
+    _close(out, ref.highpass(hi, 33, 2.0))
+    inplace = lo.clone()  # out aliases low
+    ops.gaussian_filter(inplace, None, 33, 2.0, inplace)
+    _close(inplace, ref.gaussian_blur(lo, 33, 2.0))
+
+
 def test_compiled_sampling_step_has_no_graph_break():
     torch._dynamo.reset()
     ab = _abar()
