@@ -109,10 +109,13 @@ def test_direct_ops_match_reference(dtype):
     _close(out, ref.masked_project(x, e, m, nz, ab, t))
 
 
-# Per-sample sizes below and above the kernel's switch (2^18) from nth_element per sample (parallel
-# over samples) to the radix select (parallel within a sample).
-@pytest.mark.parametrize("shape", [(2, 3, 31, 29), (1, 3, 300, 301)], ids=["select", "radix"])
-@pytest.mark.parametrize("ratio", [0.5, 0.9, 0.995, 1.0])
+# The kernel selects among all |x0_hat| of a sample up to 4096 values per sample, above that
+# within a bracket estimated from a strided subsample of 4096 values (exact fallback when the
+# bracket misses). Shapes: below the switch; above it with whole samples per thread (batch 2);
+# above it with one sample split over the threads (batch 1); float16/bfloat16 storage.
+@pytest.mark.parametrize("shape", [(2, 3, 31, 29), (2, 3, 60, 61), (1, 3, 300, 301)],
+                         ids=["select", "bracket", "bracket-split"])
+@pytest.mark.parametrize("ratio", [0.001, 0.5, 0.9, 0.995, 1.0])
 def test_dynamic_threshold_quantile_matches_torch_quantile(ratio, shape):
     # Large values so the quantile (not the clamp to 1) sets s; odd per-sample size.
     x, e, ec = _images(3, shape)
@@ -122,11 +125,75 @@ def test_dynamic_threshold_quantile_matches_torch_quantile(ratio, shape):
     ops.ddpm_step(x, e, ec, 2.0, ab, t, tp, None, 0, None, 0.0, ratio, 1e6, out)
     eps = ref.cfg_combine(e.float(), ec.float(), 2.0)
     _close(out, ref.ddpm_step(x, eps, ab, t, tp, dynamic_threshold=(ratio, 1e6)))
-    # Ties: every |x0_hat| equal, so the order statistics sit inside one histogram bin.
+    # Ties: every |x0_hat| equal, so the whole sample sits inside the bracket.
     x.fill_(3.0)
     e.zero_()
     ops.ddpm_step(x, e, None, 1.0, ab, t, tp, None, 0, None, 0.0, ratio, 1e6, out)
     _close(out, ref.ddpm_step(x, e, ab, t, tp, dynamic_threshold=(ratio, 1e6)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_dynamic_threshold_bracket_reduced_precision_and_ties(dtype, batch):
+    # Few distinct values (many ties around the quantile), above the bracket switch, and batch
+    # sizes that take both schedules (whole samples per thread, or every thread on a sample).
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(batch, 3, 40, 50, generator=g) * 4).round().mul(10).to(dtype)
+    e = (torch.randn(batch, 3, 40, 50, generator=g)).to(dtype)
+    nz = torch.randn(batch, 3, 40, 50, generator=g).to(dtype)
+    ab = _abar()
+    t = torch.linspace(100, 999, batch).long()
+    out = torch.empty_like(x)
+    for ratio in (0.95, 0.5):
+        ops.ddpm_step(x, e, None, 1.0, ab, t, t - 30, nz, 1, None, 0.0, ratio, 1e6, out)
+        _close(out, ref.ddpm_step(x, e, ab, t, t - 30, noise=nz, variance="fixed_large",
+                                  dynamic_threshold=(ratio, 1e6)))
+
+
+@pytest.mark.parametrize("ratio", [0.95, 0.3])
+def test_dynamic_threshold_bracket_miss_falls_back_exactly(ratio):
+    # 3 * 128 * 128 = 49152 values per sample: the subsample takes every 12th, so it sees only
+    # the even positions. Odd positions hold much larger values, so the bracket estimated from the
+    # subsample misses the true quantile (0.95: among the large values; 0.3: values the subsample
+    # never saw, below its own range) and the exact fallback must answer.
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 128, 128, generator=g) * 0.1
+    x.view(2, -1)[:, 1::2] = 50 + torch.rand(2, 3 * 128 * 128 // 2, generator=g) * 10
+    if ratio < 0.5:
+        x.view(2, -1)[:, 0::2] += 5.0  # the subsample's values all lie above the 0.3 quantile
+        x.view(2, -1)[:, 1::2] = torch.rand(2, 3 * 128 * 128 // 2, generator=g)
+    e = torch.zeros_like(x)
+    ab, (t, tp) = _abar(), _t(2)
+    out = torch.empty_like(x)
+    ops.ddpm_step(x, e, None, 1.0, ab, t, tp, None, 0, None, 0.0, ratio, 1e6, out)
+    _close(out, ref.ddpm_step(x, e, ab, t, tp, dynamic_threshold=(ratio, 1e6)))
+
+
+@pytest.mark.parametrize("shape", [(4, 1, 1, 1), (3, 1, 1, 2), (1, 1, 1, 5)], ids=str)
+def test_dynamic_threshold_tiny_samples(shape):
+    x, e = _images(2, shape)
+    x = x * 40
+    ab, (t, tp) = _abar(), _t(shape[0])
+    t, tp = t.repeat(2)[: shape[0]], tp.repeat(2)[: shape[0]]
+    out = torch.empty_like(x)
+    for ratio in (0.001, 0.5, 0.95, 1.0):  # (ratio 0 turns thresholding off)
+        ops.ddpm_step(x, e, None, 1.0, ab, t, tp, None, 0, None, 0.0, ratio, 1e6, out)
+        _close(out, ref.ddpm_step(x, e, ab, t, tp, dynamic_threshold=(ratio, 1e6)))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 31, 29), (2, 3, 60, 61)], ids=["select", "bracket"])
+def test_dynamic_threshold_nan_sample_is_nan_like_torch_quantile(shape):
+    # torch.quantile is NaN when a sample holds a NaN, so that sample's step is NaN; the other
+    # sample is unaffected.
+    x, e = _images(2, shape)
+    x = x * 40
+    e[0, 1, 2, 3] = float("nan")
+    ab, (t, tp) = _abar(), _t(2)
+    out = torch.empty_like(x)
+    ops.ddpm_step(x, e, None, 1.0, ab, t, tp, None, 0, None, 0.0, 0.95, 1.5, out)
+    expected = ref.ddpm_step(x, e, ab, t, tp, dynamic_threshold=(0.95, 1.5))
+    assert expected[0].isnan().all() and out[0].isnan().all()
+    _close(out[1:], expected[1:])
 
 
 @pytest.mark.parametrize("op", ["ddpm_step", "ddim_step", "add_noise", "gaussian_filter", "masked_project"])
@@ -172,6 +239,24 @@ def test_gaussian_filter_kernel_equals_image_limit():
 
 
 # ----------------------------------------------------------------------------- torch.compile
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("shape", [(1, 1, 70, 131), (2, 3, 40, 130), (1, 1, 17, 37)],
+                         ids=["one-plane", "planes", "narrow"])
+def test_gaussian_filter_33_taps_both_schedules(shape, dtype):
+    # One plane (fewer planes than threads: both passes over rows through a temporary) and many
+    # planes (whole planes per task through a tile); widths with full 64-float steps and tails.
+    lo, hi = _images(2, shape, dtype)
+    out = torch.empty_like(lo)
+    ops.gaussian_filter(lo, hi, 33, 2.0, out)
+    _close(out, ref.hybrid_combine(lo, hi, 33, 2.0))
+    ops.gaussian_filter(None, hi, 33, 2.0, out)
+    _close(out, ref.highpass(hi, 33, 2.0))
+    inplace = lo.clone()  # out aliases low
+    ops.gaussian_filter(inplace, None, 33, 2.0, inplace)
+    _close(inplace, ref.gaussian_blur(lo, 33, 2.0))
+
+
 def test_compiled_sampling_step_has_no_graph_break():
     torch._dynamo.reset()
     ab = _abar()

@@ -7,6 +7,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <utility>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <optional>
@@ -19,8 +21,15 @@
 namespace diffaccel::cpu {
 namespace {
 
-// Samples at least this large take the parallel radix select for dynamic thresholding.
-constexpr int64_t kRadixSelectMin = int64_t{1} << 18;
+// Dynamic thresholding: samples of at most this many elements select on all their |x0_hat| values
+// (nth_element); larger ones select within a bracket estimated from a strided subsample of
+// kSubsample values (see quantile_abs_x0).
+constexpr int64_t kDirectSelectMax = 4096;
+constexpr int64_t kSubsample = 4096;
+// Half-width of the bracket in standard deviations of the subsample quantile's rank: the true
+// quantile falls outside with probability ~1e-4 per side for independent values, and a miss only
+// costs the exact fallback.
+constexpr double kBracketSigmas = 4.0;
 
 template <typename T>
 const T* opt_ptr(const std::optional<at::Tensor>& x) {
@@ -127,13 +136,17 @@ void ddpm_block_any(const std::array<const float*, 5>& in, float* o, int64_t n, 
   }
 }
 
-// |x0_hat| of one block, the input of the dynamic-thresholding quantile.
-template <bool kCfg>
+// |x0_hat| of one block, the input of the dynamic-thresholding quantile; with kDivide false,
+// |x_t - sqrt(1 - abar_t) eps| = |x0_hat| sqrt(abar_t). Division by a positive constant is
+// non-decreasing in float arithmetic too (and |a / b| = |a| / b), so the order statistics of
+// |x0_hat| are those of the undivided values divided afterwards: the selection skips the division.
+template <bool kCfg, bool kDivide>
 void abs_x0_block(const std::array<const float*, 5>& in, float* o, int64_t n, const DdpmSample& c, const fVec& g) {
   const fVec s1a(c.s1a), sa(c.sa);
   vloop(n, [&](int64_t i, int64_t r) {
     const fVec x = fVec::loadu(in[0] + i, r);
-    (fnmadd(s1a, guided_eps<kCfg>(in, i, r, g), x) / sa).abs().store(o + i, r);
+    const fVec num = fnmadd(s1a, guided_eps<kCfg>(in, i, r, g), x);
+    (kDivide ? num / sa : num).abs().store(o + i, r);
   });
 }
 
@@ -163,10 +176,11 @@ float quantile_select_ranks(std::vector<float>& v, int64_t below, int64_t above,
   return lerp_rank(v[below], hi, rank);
 }
 
-// Calls fn(values, count) on consecutive blocks of |x0_hat| over the flat range [lo, hi) of one
-// sample: the input of the dynamic-thresholding quantile, recomputed from x_t and eps rather
-// than stored (a fresh image-sized scratch would page-fault on every step).
-template <typename scalar_t, typename Fn>
+// Calls fn(values, count) on consecutive blocks of |x0_hat| (undivided: see abs_x0_block) over
+// the flat range [lo, hi) of one sample: the input of the dynamic-thresholding quantile,
+// recomputed from x_t and eps rather than stored (a fresh image-sized scratch would page-fault on
+// every step).
+template <bool kDivide = true, typename scalar_t, typename Fn>
 void for_each_abs_x0_block(const std::array<const scalar_t*, 5>& in, int64_t lo, int64_t hi, const DdpmSample& c,
                            const fVec& g, bool cfg, const Fn& fn) {
   float buf[kBlock];
@@ -175,7 +189,7 @@ void for_each_abs_x0_block(const std::array<const scalar_t*, 5>& in, int64_t lo,
     std::array<const scalar_t*, 5> block{};
     for (size_t k = 0; k < in.size(); ++k) block[k] = in[k] == nullptr ? nullptr : in[k] + b;
     for_each_block<5>(block, buf, 0, n, [&](const auto& f, float* o, int64_t m) {
-      cfg ? abs_x0_block<true>(f, o, m, c, g) : abs_x0_block<false>(f, o, m, c, g);
+      cfg ? abs_x0_block<true, kDivide>(f, o, m, c, g) : abs_x0_block<false, kDivide>(f, o, m, c, g);
     });
     fn(static_cast<const float*>(buf), n);
   }
@@ -237,6 +251,175 @@ float quantile_abs_x0_radix(const std::array<const scalar_t*, 5>& in, int64_t ba
   return quantile_select_ranks(sel, below - first, above - first, rank);
 }
 
+// One scan of values against a bracket [lo, hi]: counts the values below lo and above hi,
+// collects those inside. A NaN is in none of the three (reference: torch.quantile is NaN then).
+
+#if defined(CPU_CAPABILITY_AVX2)
+// _mm256_permutevar8x32_ps indices that move the lanes set in an 8-bit mask to the front.
+struct CompressTable {
+  alignas(32) int32_t idx[256][8];
+  CompressTable() {
+    for (int m = 0; m < 256; ++m) {
+      int k = 0;
+      for (int j = 0; j < 8; ++j) if (m >> j & 1) idx[m][k++] = j;
+      for (; k < 8; ++k) idx[m][k] = 0;
+    }
+  }
+};
+const CompressTable kCompress;
+#endif
+
+// One scan of values against a bracket [lo, hi]: counts the values below lo and above hi and
+// appends the others (those inside, and NaN) to `inside`, branch-free.
+struct BracketScan {
+  float lo, hi;
+  int64_t below = 0, above = 0;
+  std::vector<float> inside;
+  int64_t used = 0;  // inside[0, used) holds the values; the rest is room to write into
+
+  void scan(const float* v, int64_t n) {
+    if (used + n + fVec::size() > static_cast<int64_t>(inside.size())) {
+      inside.resize(std::max<int64_t>(2 * inside.size(), used + n + fVec::size()));
+    }
+    float* dst = inside.data() + used;
+    constexpr int64_t V = fVec::size();
+    const fVec vlo(lo), vhi(hi), one(1.0f);
+    fVec n_below(0.0f), n_above(0.0f);  // exact: at most kBlock / V per lane
+    int64_t i = 0;
+    for (; i + V <= n; i += V) {
+      const fVec a = fVec::loadu(v + i);
+      const fVec lt = a < vlo, gt = a > vhi;
+      n_below += lt & one;
+      n_above += gt & one;
+#if defined(CPU_CAPABILITY_AVX2)
+      const int in = ~_mm256_movemask_ps(_mm256_or_ps(lt, gt)) & 0xff;
+      _mm256_storeu_ps(dst, _mm256_permutevar8x32_ps(a, _mm256_load_si256(reinterpret_cast<const __m256i*>(kCompress.idx[in]))));
+      dst += __builtin_popcount(in);
+#else
+      float lanes[V];
+      a.store(lanes);
+      for (int64_t j = 0; j < V; ++j) if (!(lanes[j] < lo || lanes[j] > hi)) *dst++ = lanes[j];
+#endif
+    }
+    float lanes[V];
+    n_below.store(lanes);
+    for (int64_t j = 0; j < V; ++j) below += static_cast<int64_t>(lanes[j]);
+    n_above.store(lanes);
+    for (int64_t j = 0; j < V; ++j) above += static_cast<int64_t>(lanes[j]);
+    for (; i < n; ++i) {
+      if (v[i] < lo) ++below;
+      else if (v[i] > hi) ++above;
+      else *dst++ = v[i];
+    }
+    used = dst - inside.data();
+  }
+};
+
+// Order statistics k and k + 1 (or k alone when !next) of v[0, n), no NaN. Reorders v. Large
+// sets are bucketed first: bucket(v) = (v - min) * scale, truncated, is non-decreasing in v in
+// float arithmetic, so one counting pass finds the buckets holding the two order statistics and
+// only their values are selected among.
+std::pair<float, float> select_pair(float* v, int64_t n, int64_t k, bool next) {
+  auto pair_of = [&](float* w, int64_t m, int64_t j) {
+    std::nth_element(w, w + j, w + m);
+    return std::pair<float, float>{w[j], next ? *std::min_element(w + j + 1, w + m) : w[j]};
+  };
+  constexpr int64_t kBuckets = 1024;
+  if (n <= 4 * kBuckets) return pair_of(v, n, k);
+  const auto [mn_it, mx_it] = std::minmax_element(v, v + n);
+  const float mn = *mn_it, mx = *mx_it;
+  if (!(mx - mn < std::numeric_limits<float>::infinity()) || mx == mn) return pair_of(v, n, k);
+  const float scale = static_cast<float>(kBuckets) / (mx - mn);
+  auto bucket = [&](float f) { return std::min<int64_t>(static_cast<int64_t>((f - mn) * scale), kBuckets - 1); };
+  std::vector<int64_t> hist(kBuckets, 0);
+  for (int64_t i = 0; i < n; ++i) ++hist[bucket(v[i])];
+  int64_t cum = 0, b_lo = 0;
+  while (cum + hist[b_lo] <= k) cum += hist[b_lo++];
+  int64_t b_hi = b_lo, cum_hi = cum + hist[b_lo];
+  while (next && cum_hi <= k + 1) cum_hi += hist[++b_hi];
+  int64_t m = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t b = bucket(v[i]);
+    if (b >= b_lo && b <= b_hi) v[m++] = v[i];  // m <= i: in place
+  }
+  return pair_of(v, m, k - cum);
+}
+
+// The `ratio` quantile of |x0_hat| over the sample [base, base + n), exactly as torch.quantile:
+// rank ratio (n - 1) in float32, torch's lerp between the two order statistics around it, NaN when
+// any value is NaN. Small samples select among all their values. Larger ones: a strided
+// subsample of kSubsample values gives a bracket [lo, hi] that holds the two order statistics
+// with high probability; one vectorized scan (in `chunks` parallel tasks) counts the values below
+// and above it and collects the few inside, and the order statistics are selected exactly among
+// those. The counts tell whether the bracket really holds them; when not (a subsample that
+// misrepresents the sample), the exact radix select over the whole sample answers instead.
+template <typename scalar_t>
+float quantile_abs_x0(const std::array<const scalar_t*, 5>& in, int64_t base, int64_t n, const DdpmSample& c,
+                      const fVec& g, bool cfg, double ratio, int64_t chunks) {
+  constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  if (n <= kDirectSelectMax) {
+    std::vector<float> v(n);
+    int64_t filled = 0;
+    for_each_abs_x0_block(in, base, base + n, c, g, cfg, [&](const float* a, int64_t m) {
+      std::copy(a, a + m, v.data() + filled);
+      filled += m;
+    });
+    if (std::any_of(v.begin(), v.end(), [](float f) { return std::isnan(f); })) return kNaN;
+    return quantile_select(v.data(), n, ratio);
+  }
+  const float rank = static_cast<float>(ratio) * static_cast<float>(n - 1);
+  const int64_t below = static_cast<int64_t>(rank), above = static_cast<int64_t>(std::ceil(rank));
+
+  // The bracket: order statistics of the subsample kBracketSigmas standard deviations (of the
+  // subsample quantile's rank, sqrt(m p (1 - p))) either side of the target, +-2 for small spreads.
+  const int64_t m = std::min(kSubsample, n), stride = n / m;
+  std::vector<float> sub(m);
+  float gs;
+  g.store(&gs, 1);
+  for (int64_t j = 0; j < m; ++j) {
+    const int64_t i = base + j * stride;
+    const float u = static_cast<float>(in[1][i]);
+    const float e = cfg ? std::fma(gs, static_cast<float>(in[2][i]) - u, u) : u;
+    sub[j] = std::abs(std::fma(-c.s1a, e, static_cast<float>(in[0][i])));
+    if (std::isnan(sub[j])) return kNaN;
+  }
+  const double half = kBracketSigmas * std::sqrt(m * ratio * (1 - ratio)) + 2, center = ratio * (m - 1);
+  const int64_t lo_i = static_cast<int64_t>(std::floor(center - half)), hi_i = static_cast<int64_t>(std::ceil(center + half));
+  float lo = -kInf, hi = kInf;
+  if (lo_i >= 0) {
+    std::nth_element(sub.begin(), sub.begin() + lo_i, sub.end());
+    lo = sub[lo_i];
+  }
+  if (hi_i < m) {
+    std::nth_element(sub.begin() + std::max<int64_t>(lo_i + 1, 0), sub.begin() + hi_i, sub.end());
+    hi = sub[hi_i];
+  }
+
+  std::vector<BracketScan> scans(chunks, BracketScan{lo, hi});
+  auto chunk_lo = [&](int64_t k) { return base + k * n / chunks; };
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      BracketScan& sc = scans[k];
+      sc.inside.resize(static_cast<size_t>(1.5 * n / chunks * (hi_i - lo_i + 1) / m) + kBlock + fVec::size());
+      for_each_abs_x0_block<false>(in, chunk_lo(k), chunk_lo(k + 1), c, g, cfg,
+                                   [&](const float* a, int64_t len) { sc.scan(a, len); });
+    }
+  });
+  int64_t first = 0;  // values below lo
+  std::vector<float> inside;
+  for (const auto& sc : scans) {
+    first += sc.below;
+    inside.insert(inside.end(), sc.inside.begin(), sc.inside.begin() + sc.used);
+  }
+  if (std::any_of(inside.begin(), inside.end(), [](float f) { return std::isnan(f); })) return kNaN;
+  if (below < first || above >= first + static_cast<int64_t>(inside.size())) {
+    return quantile_abs_x0_radix(in, base, n, c, g, cfg, ratio);  // the bracket missed
+  }
+  const auto [v_lo, v_hi] = select_pair(inside.data(), inside.size(), below - first, above > below);
+  return lerp_rank(v_lo / c.sa, v_hi / c.sa, rank);
+}
+
 void ddpm_step(const at::Tensor& x_t, const at::Tensor& eps_u, const std::optional<at::Tensor>& eps_c, double scale,
                const at::Tensor& abar, const at::Tensor& t, const at::Tensor& t_prev,
                const std::optional<at::Tensor>& noise, int64_t variance_type,
@@ -262,41 +445,44 @@ void ddpm_step(const at::Tensor& x_t, const at::Tensor& eps_u, const std::option
     const std::array<const scalar_t*, 5> in{x_t.const_data_ptr<scalar_t>(), eps_u.const_data_ptr<scalar_t>(),
                                             opt_ptr<scalar_t>(eps_c), opt_ptr<scalar_t>(noise),
                                             opt_ptr<scalar_t>(predicted_variance)};
-    if (threshold) {
-      // Pass 1: per sample s = clamp(quantile of |x0_hat|, 1, max); pass 2 (below) clamps
-      // x0_hat to [-s, s], the 1/s being folded into the mean's coefficient.
-      auto set_threshold = [&](int64_t s, float q) {
-        const float thr = std::min(std::max(q, 1.0f), static_cast<float>(threshold_max));
-        coef[s].clip = thr;
-        coef[s].c_x0 /= thr;
-      };
-      if (per_sample >= kRadixSelectMin) {  // few large samples: parallel within each
-        for (int64_t s = 0; s < x_t.size(0); ++s)
-          set_threshold(s, quantile_abs_x0_radix(in, s * per_sample, per_sample, coef[s], g, cfg, threshold_ratio));
-      } else {  // many small samples: parallel over samples, |x0_hat| of one sample at a time
-        at::parallel_for(0, x_t.size(0), 1, [&](int64_t begin, int64_t end) {
-          std::vector<float> v(per_sample);
-          for (int64_t s = begin; s < end; ++s) {
-            int64_t filled = 0;
-            for_each_abs_x0_block(in, s * per_sample, (s + 1) * per_sample, coef[s], g, cfg,
-                                  [&](const float* a, int64_t m) {
-                                    std::copy(a, a + m, v.data() + filled);
-                                    filled += m;
-                                  });
-            set_threshold(s, quantile_select(v.data(), per_sample, threshold_ratio));
-          }
-        });
-      }
-    }
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, x_t.numel(), kGrain, [&](int64_t begin, int64_t end) {
-      for_each_segment(begin, end, per_sample, [&](int64_t s, int64_t lo, int64_t hi) {
-        for_each_block<5>(in, op, lo, hi, [&](const auto& f, float* o, int64_t n) {
-          cfg ? ddpm_block_any<true>(f, o, n, coef[s], g, variance_type)
-              : ddpm_block_any<false>(f, o, n, coef[s], g, variance_type);
-        });
+    // The step over [lo, hi) of sample s, given its constants.
+    auto step = [&](int64_t s, int64_t lo, int64_t hi) {
+      for_each_block<5>(in, op, lo, hi, [&](const auto& f, float* o, int64_t n) {
+        cfg ? ddpm_block_any<true>(f, o, n, coef[s], g, variance_type)
+            : ddpm_block_any<false>(f, o, n, coef[s], g, variance_type);
       });
-    });
+    };
+    if (!threshold) {
+      at::parallel_for(0, x_t.numel(), kGrain, [&](int64_t begin, int64_t end) {
+        for_each_segment(begin, end, per_sample, step);
+      });
+      return;
+    }
+    // Dynamic thresholding: per sample s = clamp(quantile of |x0_hat|, 1, max), then the step
+    // clamps x0_hat to [-s, s], the 1/s being folded into the mean's coefficient. Whole samples
+    // per thread when the batch splits evenly: one parallel region, no barrier between a
+    // sample's quantile and its step (on a shared 2-core machine every barrier can wait for a
+    // descheduled thread), and the sample's x_t and eps may still be cached for the step.
+    auto threshold_and_step = [&](int64_t s, int64_t chunks) {
+      const float q = quantile_abs_x0(in, s * per_sample, per_sample, coef[s], g, cfg, threshold_ratio, chunks);
+      const float thr = std::min(std::max(q, 1.0f), static_cast<float>(threshold_max));  // NaN stays NaN
+      coef[s].clip = thr;
+      coef[s].c_x0 /= thr;
+      at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t k = begin; k < end; ++k) {
+          step(s, s * per_sample + k * per_sample / chunks, s * per_sample + (k + 1) * per_sample / chunks);
+        }
+      });
+    };
+    const int64_t batch = x_t.size(0), threads = at::get_num_threads();
+    if (threads == 1 || batch % threads == 0 || batch >= 4 * threads) {  // whole samples per thread
+      at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t s = begin; s < end; ++s) threshold_and_step(s, 1);
+      });
+    } else {  // few samples: every thread on each
+      for (int64_t s = 0; s < batch; ++s) threshold_and_step(s, std::min(threads, std::max<int64_t>(1, per_sample / kGrain)));
+    }
   });
 }
 
