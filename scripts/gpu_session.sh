@@ -13,7 +13,7 @@ PY=${PY:-python3}
 T0=$(date +%s)
 el() { echo $(( $(date +%s) - T0 )); }
 log() { echo "[$(el) s] $*" | tee -a "$W/session.log"; }
-snap() { ( cd "$W" && tar czf "$OUT/.logs.tmp" --exclude='*.safetensors' . 2>/dev/null && mv "$OUT/.logs.tmp" "$OUT/logs.tar.gz" ); }
+snap() { ( cd "$W" && tar czf "$OUT/.logs.tmp" --exclude='*.safetensors' --exclude='*.tar' --exclude=./tars . 2>/dev/null && mv "$OUT/.logs.tmp" "$OUT/logs.tar.gz" ); }
 TRAIN_DEADLINE=${1:-330}
 END=${2:-560}
 left() { echo $(( END - $(el) )); }
