@@ -14,6 +14,9 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .. import reference as R
+from .models import inject
+
 
 @torch.no_grad()
 def _fold(conv: nn.Module, bn: nn.BatchNorm2d) -> None:
@@ -135,8 +138,7 @@ class GuidedUNet(nn.Module):
         return nn.functional.gelu(x)
 
     def _inject(self, h, t_emb, c_emb):
-        h = c_emb[..., None, None] * h
-        return h + t_emb[..., None, None] if self.injection == "add" else h * t_emb[..., None, None]
+        return inject(h, t_emb, c_emb, self.injection)
 
     def _join(self, h2: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """act(h2 + e) for h2 = [cond; uncond] (2n) and the shared e (n)."""
@@ -167,7 +169,9 @@ class GuidedUNet(nn.Module):
             h = act(conv(h))
         h = h.float()  # under bf16 autocast: combine and head in float32, as the unfused path does
         with torch.autocast(x.device.type, enabled=False):
-            return self.head(torch.lerp(h[n:], h[:n], scale))
+            # The reference's CFG formula on the head's input (a hidden state, channels-last, not
+            # an eps image): plain tensor ops keep the layout and fuse under torch.compile.
+            return self.head(R.cfg_combine(h[n:], h[:n], scale))
 
 
 class CompiledOrEager(nn.Module):

@@ -94,6 +94,16 @@ class FCBlock(nn.Sequential):
         super().__init__(nn.Linear(cin, cout), nn.GELU(), nn.Linear(cout, cout))
 
 
+def inject(h: torch.Tensor, t_emb: torch.Tensor, c_emb: Optional[torch.Tensor], injection: str) -> torch.Tensor:
+    """The conditioning injection of the course UNet: ``c1 * h (+|*) t1`` (class multiplies; time
+    adds or multiplies, see :class:`UNetConfig`). Embeddings are [N, C], ``h`` is [N, C, H, W]."""
+    if c_emb is not None:
+        h = c_emb[..., None, None] * h
+    if injection == "add":
+        return h + t_emb[..., None, None]
+    return h * t_emb[..., None, None]
+
+
 class UNet(nn.Module):
     """The course UNet. ``forward(x, t=None, c=None)``:
 
@@ -121,11 +131,7 @@ class UNet(nn.Module):
             self.fc1_c, self.fc2_c = FCBlock(config.num_classes, 2 * d), FCBlock(config.num_classes, d)
 
     def _inject(self, h: torch.Tensor, t_emb: torch.Tensor, c_emb: Optional[torch.Tensor]) -> torch.Tensor:
-        if c_emb is not None:
-            h = c_emb[..., None, None] * h
-        if self.config.injection == "add":
-            return h + t_emb[..., None, None]
-        return h * t_emb[..., None, None]
+        return inject(h, t_emb, c_emb, self.config.injection)
 
     def forward(self, x: torch.Tensor, t: Optional[torch.Tensor] = None, c: Optional[torch.Tensor] = None):
         cond = self.config.conditioning

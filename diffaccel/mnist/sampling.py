@@ -69,7 +69,9 @@ class PerSampleNoise:
         ``k`` calls of :meth:`draw` (a CPU generator's ``randn`` of ``k * m`` values equals ``k``
         draws of ``m`` when ``m`` is a multiple of 16, as 784 is). On CUDA the block is drawn
         into pinned memory and copied without blocking, so a sampling loop that reads it makes
-        no host<->device transfer (and no synchronisation) per step and can be a CUDA graph."""
+        no host<->device transfer (and no synchronisation) per step and can be a CUDA graph.
+        The block takes ``n * k * m * 4`` bytes on the device (a 1000-digit, 300-step DDPM batch:
+        0.9 GB), which is why ``sample`` works in batches."""
         m = 1
         for s in self.shape:
             m *= s
@@ -210,25 +212,27 @@ def _sample_batch(model: MNISTDiffusion, labels, indices, guidance_scale, num_st
         return run(x, zs, cond, progress).clamp_(0, 1)
     # CUDA graph: the whole loop is captured once per batch size and replayed; a later batch of
     # the same size only copies its x_T, noise and labels into the captured buffers.
-    key = n
-    if key not in graphs:
-        static = {"x": x.clone(), "zs": zs.clone(), "cond": None if cond is None else cond.clone()}
+    if n not in graphs:
+        # This batch's own tensors become the graph's inputs (capturing runs nothing, so x still
+        # holds x_T when the replay starts): no copies for the batch that captures.
         side = torch.cuda.Stream(dev)
         side.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(side):  # warm-up outside the capture: cuDNN plans, lazy inits
             t0 = model.time_input(torch.zeros(n, device=dev))
             for _ in range(2):
-                predict(x.clone(), t0, static["cond"], torch.empty_like(x))
+                predict(x, t0, cond, torch.empty_like(x))
         torch.cuda.current_stream(dev).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            static["out"] = run(static["x"], static["zs"], static["cond"], False)
-        graphs[key] = (graph, static)
-    graph, static = graphs[key]
-    static["x"].copy_(x)
-    static["zs"].copy_(zs)
-    if cond is not None:
-        static["cond"].copy_(cond)
+            out = run(x, zs, cond, False)
+        graphs[n] = graph, {"x": x, "zs": zs, "cond": cond, "out": out}
+    else:
+        graph, static = graphs[n]
+        static["x"].copy_(x)
+        static["zs"].copy_(zs)
+        if cond is not None:
+            static["cond"].copy_(cond)
+    graph, static = graphs[n]
     graph.replay()
     return static["out"].clamp(0, 1)
 

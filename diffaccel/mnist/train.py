@@ -224,21 +224,26 @@ def build_model(cfg: TrainConfig) -> UNet:
 def train(cfg: TrainConfig, out_dir, data_dir=None, resume: bool = False, progress: bool = True,
           device: str = "cpu", download: bool = False) -> Path:
     """Train ``cfg`` into ``out_dir``; returns the path of the final ``model.safetensors``."""
-    from tqdm.auto import tqdm
-
     out = Path(out_dir)
     rank, world = _dist_info()
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must be divisible by the number of processes {world}")
+    dev = torch.device(device)
+    # Fixed shapes: let cuDNN pick the fastest kernels, for this run only (a process-wide flag).
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = before or dev.type == "cuda"
+    try:
+        return _train(cfg, out, rank, world, dev, data_dir, resume, progress, download)
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+def _train(cfg: TrainConfig, out: Path, rank: int, world: int, dev: torch.device, data_dir, resume: bool,
+           progress: bool, download: bool) -> Path:
+    from tqdm.auto import tqdm
+
     per_rank = cfg.batch_size // world
     rank_slice = slice(rank * per_rank, (rank + 1) * per_rank)
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.backends.cudnn.benchmark:
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
-        try:
-            return train(cfg, out_dir, data_dir, resume, progress, device, download)
-        finally:
-            torch.backends.cudnn.benchmark = False
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(dev)
