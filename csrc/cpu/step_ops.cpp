@@ -251,9 +251,6 @@ float quantile_abs_x0_radix(const std::array<const scalar_t*, 5>& in, int64_t ba
   return quantile_select_ranks(sel, below - first, above - first, rank);
 }
 
-// One scan of values against a bracket [lo, hi]: counts the values below lo and above hi,
-// collects those inside. A NaN is in none of the three (reference: torch.quantile is NaN then).
-
 #if defined(CPU_CAPABILITY_AVX2)
 // _mm256_permutevar8x32_ps indices that move the lanes set in an 8-bit mask to the front.
 struct CompressTable {
