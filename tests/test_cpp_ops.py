@@ -150,6 +150,27 @@ def test_dynamic_threshold_bracket_reduced_precision_and_ties(dtype, batch):
                                   dynamic_threshold=(ratio, 1e6)))
 
 
+@pytest.mark.parametrize("where", ["unaligned", "aliased"])
+def test_dynamic_threshold_streaming_output(where):
+    # 2 x 4M float32 values = 32 MiB of output: large enough that the thresholded step writes with
+    # streaming stores. `out` starts one float past a 32-byte boundary (the scalar head before the
+    # aligned stores), or is x_t itself (streamed over the input it was computed from).
+    shape = (2, 4, 1024, 1024)
+    x, e, ec, nz, pv = _images(5, shape)
+    x, pv = x * 40, pv.clamp(-1, 1)
+    ab, (t, tp) = _abar(), _t(2)
+    eps = ref.cfg_combine(e, ec, 3.0)
+    expected = ref.ddpm_step(x, eps, ab, t, tp, noise=nz, variance="learned_range", predicted_variance=pv,
+                             dynamic_threshold=(0.95, 1.5))
+    if where == "unaligned":
+        out = torch.empty(x.numel() + 16)[1:x.numel() + 1].view(shape)
+        assert out.data_ptr() % 32 != 0
+    else:
+        out = x
+    ops.ddpm_step(x, e, ec, 3.0, ab, t, tp, nz, 2, pv, 0.0, 0.95, 1.5, out)
+    _close(out, expected)
+
+
 @pytest.mark.parametrize("ratio", [0.95, 0.3])
 def test_dynamic_threshold_bracket_miss_falls_back_exactly(ratio):
     # 3 * 128 * 128 = 49152 values per sample: the subsample takes every 12th, so it sees only

@@ -30,6 +30,8 @@ constexpr int64_t kSubsample = 4096;
 // quantile falls outside with probability ~1e-4 per side for independent values, and a miss only
 // costs the exact fallback.
 constexpr double kBracketSigmas = 4.0;
+// Outputs of at least this many bytes are written with streaming stores (see stream_store).
+constexpr int64_t kStreamBytes = int64_t{32} << 20;
 
 template <typename T>
 const T* opt_ptr(const std::optional<at::Tensor>& x) {
@@ -312,32 +314,37 @@ struct BracketScan {
   }
 };
 
-// Order statistics k and k + 1 (or k alone when !next) of v[0, n), no NaN. Reorders v. Large
-// sets are bucketed first: bucket(v) = (v - min) * scale, truncated, is non-decreasing in v in
-// float arithmetic, so one counting pass finds the buckets holding the two order statistics and
-// only their values are selected among.
-std::pair<float, float> select_pair(float* v, int64_t n, int64_t k, bool next) {
+// Order statistics k and k + 1 (or k alone when !next) of v[0, n), no NaN, all values in
+// [lo, hi] (pass -inf / inf when unknown). Reorders v. Large sets are bucketed first:
+// bucket(v) = (v - lo) * scale, truncated, is non-decreasing in v in float arithmetic, so one
+// counting pass finds the buckets holding the two order statistics and only their values are
+// selected among. About 8 values per bucket: the bucket indices are computed in a vectorizable
+// loop, the counting is one increment per value, and the final selection is over a handful.
+std::pair<float, float> select_pair(float* v, int64_t n, int64_t k, bool next, float lo, float hi) {
   auto pair_of = [&](float* w, int64_t m, int64_t j) {
     std::nth_element(w, w + j, w + m);
     return std::pair<float, float>{w[j], next ? *std::min_element(w + j + 1, w + m) : w[j]};
   };
-  constexpr int64_t kBuckets = 1024;
-  if (n <= 4 * kBuckets) return pair_of(v, n, k);
-  const auto [mn_it, mx_it] = std::minmax_element(v, v + n);
-  const float mn = *mn_it, mx = *mx_it;
-  if (!(mx - mn < std::numeric_limits<float>::infinity()) || mx == mn) return pair_of(v, n, k);
-  const float scale = static_cast<float>(kBuckets) / (mx - mn);
-  auto bucket = [&](float f) { return std::min<int64_t>(static_cast<int64_t>((f - mn) * scale), kBuckets - 1); };
-  std::vector<int64_t> hist(kBuckets, 0);
-  for (int64_t i = 0; i < n; ++i) ++hist[bucket(v[i])];
+  if (n <= 4096) return pair_of(v, n, k);
+  if (!(hi - lo < std::numeric_limits<float>::infinity())) {
+    const auto [mn_it, mx_it] = std::minmax_element(v, v + n);
+    lo = *mn_it, hi = *mx_it;
+  }
+  if (!(hi - lo < std::numeric_limits<float>::infinity()) || hi == lo) return pair_of(v, n, k);
+  const int64_t buckets = std::min<int64_t>(std::max<int64_t>(n / 8, 1024), 1 << 20);
+  const float scale = static_cast<float>(buckets) / (hi - lo), top = static_cast<float>(buckets - 1);
+  // (v - lo) * scale in [0, buckets] (rounding can reach the end): clamped in float, then truncated.
+  std::vector<int32_t> idx(n);
+  for (int64_t i = 0; i < n; ++i) idx[i] = static_cast<int32_t>(std::min((v[i] - lo) * scale, top));
+  std::vector<int64_t> hist(buckets, 0);
+  for (int64_t i = 0; i < n; ++i) ++hist[idx[i]];
   int64_t cum = 0, b_lo = 0;
   while (cum + hist[b_lo] <= k) cum += hist[b_lo++];
   int64_t b_hi = b_lo, cum_hi = cum + hist[b_lo];
   while (next && cum_hi <= k + 1) cum_hi += hist[++b_hi];
   int64_t m = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t b = bucket(v[i]);
-    if (b >= b_lo && b <= b_hi) v[m++] = v[i];  // m <= i: in place
+    if (idx[i] >= b_lo && idx[i] <= b_hi) v[m++] = v[i];  // m <= i: in place
   }
   return pair_of(v, m, k - cum);
 }
@@ -413,7 +420,7 @@ float quantile_abs_x0(const std::array<const scalar_t*, 5>& in, int64_t base, in
   if (below < first || above >= first + static_cast<int64_t>(inside.size())) {
     return quantile_abs_x0_radix(in, base, n, c, g, cfg, ratio);  // the bracket missed
   }
-  const auto [v_lo, v_hi] = select_pair(inside.data(), inside.size(), below - first, above > below);
+  const auto [v_lo, v_hi] = select_pair(inside.data(), inside.size(), below - first, above > below, lo, hi);
   return lerp_rank(v_lo / c.sa, v_hi / c.sa, rank);
 }
 
@@ -450,6 +457,12 @@ void ddpm_step(const at::Tensor& x_t, const at::Tensor& eps_u, const std::option
             : ddpm_block_any<false>(f, o, n, coef[s], g, variance_type);
       });
     };
+    auto step_stream = [&](int64_t s, int64_t lo, int64_t hi) {
+      for_each_block<5, true>(in, op, lo, hi, [&](const auto& f, float* o, int64_t n) {
+        cfg ? ddpm_block_any<true>(f, o, n, coef[s], g, variance_type)
+            : ddpm_block_any<false>(f, o, n, coef[s], g, variance_type);
+      });
+    };
     if (!threshold) {
       at::parallel_for(0, x_t.numel(), kGrain, [&](int64_t begin, int64_t end) {
         for_each_segment(begin, end, per_sample, step);
@@ -461,6 +474,9 @@ void ddpm_step(const at::Tensor& x_t, const at::Tensor& eps_u, const std::option
     // per thread when the batch splits evenly: one parallel region, no barrier between a
     // sample's quantile and its step (on a shared 2-core machine every barrier can wait for a
     // descheduled thread), and the sample's x_t and eps may still be cached for the step.
+    // Outputs larger than the last-level cache are written with streaming stores: no read for
+    // ownership of `out` (measured on the 2-core EPYC: ddpm_step_if 13.3 -> 12.2 ms at 16M elements).
+    const bool stream = out.scalar_type() == at::kFloat && out.numel() * 4 >= kStreamBytes;
     auto threshold_and_step = [&](int64_t s, int64_t chunks) {
       const float q = quantile_abs_x0(in, s * per_sample, per_sample, coef[s], g, cfg, threshold_ratio, chunks);
       const float thr = std::min(std::max(q, 1.0f), static_cast<float>(threshold_max));  // NaN stays NaN
@@ -468,7 +484,8 @@ void ddpm_step(const at::Tensor& x_t, const at::Tensor& eps_u, const std::option
       coef[s].c_x0 /= thr;
       at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
         for (int64_t k = begin; k < end; ++k) {
-          step(s, s * per_sample + k * per_sample / chunks, s * per_sample + (k + 1) * per_sample / chunks);
+          const int64_t lo = s * per_sample + k * per_sample / chunks, hi = s * per_sample + (k + 1) * per_sample / chunks;
+          stream ? step_stream(s, lo, hi) : step(s, lo, hi);
         }
       });
     };

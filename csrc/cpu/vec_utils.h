@@ -65,25 +65,52 @@ inline const float* load_block(const scalar_t* src, float* buf, int64_t n) {
   }
 }
 
+// Copies n floats to dst with non-temporal (streaming) stores where dst is 32-byte aligned: the
+// lines are written to memory without being read first (no read-for-ownership) and without
+// displacing cached data. For outputs far larger than the caches that nothing reads soon.
+// Callers end their streaming with stream_fence() before other threads may read dst.
+inline void stream_store(float* dst, const float* src, int64_t n) {
+#if defined(CPU_CAPABILITY_AVX2)
+  int64_t i = 0;
+  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 31) != 0; ++i) dst[i] = src[i];
+  for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+  for (; i < n; ++i) dst[i] = src[i];
+#else
+  std::copy(src, src + n, dst);
+#endif
+}
+
+inline void stream_fence() {
+#if defined(CPU_CAPABILITY_AVX2)
+  _mm_sfence();
+#endif
+}
+
 // Runs `body(in, out, n)` over [begin, end) in blocks, `in` being K float pointers (nullptr for
 // an absent optional input) and `out` a float pointer (into `dst` itself when it is float32).
 // Inputs of a block are read before its output is written, so `dst` may alias any input.
-template <size_t K, typename scalar_t, typename out_t, typename Body>
+// kStream: a float32 `dst` is written with streaming stores (see stream_store), fenced at the end.
+template <size_t K, bool kStream = false, typename scalar_t, typename out_t, typename Body>
 inline void for_each_block(const std::array<const scalar_t*, K>& in, out_t* dst, int64_t begin, int64_t end,
                            const Body& body) {
+  constexpr bool kDirect = std::is_same_v<out_t, float> && !kStream;
   [[maybe_unused]] float in_buf[K][std::is_same_v<scalar_t, float> ? 1 : kBlock];
-  [[maybe_unused]] float out_buf[std::is_same_v<out_t, float> ? 1 : kBlock];
+  [[maybe_unused]] alignas(64) float out_buf[kDirect ? 1 : kBlock];
   for (int64_t b = begin; b < end; b += kBlock) {
     const int64_t n = std::min(kBlock, end - b);
     std::array<const float*, K> f;
     for (size_t k = 0; k < K; ++k) f[k] = load_block(in[k] == nullptr ? nullptr : in[k] + b, in_buf[k], n);
-    if constexpr (std::is_same_v<out_t, float>) {
+    if constexpr (kDirect) {
       body(f, dst + b, n);
+    } else if constexpr (std::is_same_v<out_t, float>) {
+      body(f, out_buf, n);
+      stream_store(dst + b, out_buf, n);
     } else {
       body(f, out_buf, n);
       from_float(out_buf, dst + b, n);
     }
   }
+  if constexpr (kStream && std::is_same_v<out_t, float>) stream_fence();
 }
 
 // Calls f(i, count) for each vector of [0, n): full vectors, then one partial tail, so a
