@@ -156,6 +156,45 @@ def test_ddpm_step_thresholding_is_exercised():
     assert not torch.allclose(plain[0], thr[0])
 
 
+# Dynamic thresholding's s: up to kernels.THRESHOLD_FUSED_MAX values per sample one program per
+# sample selects it in registers (2 launches, no torch.quantile); larger samples take the
+# torch.quantile path. Values scaled up so the quantile, not the clamp to 1, sets s.
+@pytest.mark.parametrize("shape", [(2, 1, 1, 1), (3, 1, 1, 2), (1, 3, 64, 64), (2, 3, 33, 37), (2, 3, 90, 61)],
+                         ids=["1", "2", "3x64x64", "odd", "large"])
+@pytest.mark.parametrize("ratio", [0.001, 0.5, 0.95, 0.995, 1.0])
+def test_ddpm_step_threshold_quantile(shape, ratio, monkeypatch):
+    fused = shape[1] * shape[2] * shape[3] <= kernels.THRESHOLD_FUSED_MAX
+    calls = []
+    quantile = torch.quantile
+    monkeypatch.setattr(torch, "quantile", lambda *a, **k: calls.append(1) or quantile(*a, **k))
+    x, eu, ec = (_rand(torch.float32, shape, seed=s) for s in range(3))
+    x = x * 40
+    abar = _abar()
+    t = torch.linspace(30, 999, shape[0]).long().to(DEVICE)
+    out = F.cfg_ddpm_step(x, eu, ec, 3.0, abar, t, t - 30, dynamic_threshold=(ratio, 1e6), backend="triton")
+    assert (len(calls) == 0) == fused
+    monkeypatch.setattr(torch, "quantile", quantile)
+    _close(out, _ddpm_ref(torch.float32, x, eu, ec, 3.0, abar, t, t - 30, dynamic_threshold=(ratio, 1e6)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ddpm_step_threshold_ties_and_nan(dtype):
+    # Few distinct |x0_hat| values (ties around every rank), then a NaN in one sample: torch.quantile
+    # makes that sample's s NaN (its step is NaN), the other sample is unaffected.
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(2, 3, 20, 30, generator=g) * 4).round().mul(10).to(DEVICE, dtype)
+    e = torch.zeros_like(x)
+    abar, t = _abar(), _t([500, 999])
+    for ratio in (0.5, 0.95):
+        out = F.ddpm_step(x, e, abar, t, t - 30, dynamic_threshold=(ratio, 1e6), backend="triton")
+        _close(out, _ddpm_ref(dtype, x, e, None, 1.0, abar, t, t - 30, dynamic_threshold=(ratio, 1e6)))
+    e[0, 1, 2, 3] = float("nan")
+    out = F.ddpm_step(x, e, abar, t, t - 30, dynamic_threshold=(0.95, 1.5), backend="triton")
+    expected = _ddpm_ref(dtype, x, e, None, 1.0, abar, t, t - 30, dynamic_threshold=(0.95, 1.5))
+    assert expected[0].isnan().all() and out[0].isnan().all()
+    _close(out[1:], expected[1:])
+
+
 def test_ddpm_step_out_may_alias_x_t():
     x, eu, ec, z = (_rand(torch.float32, seed=s) for s in range(4))
     abar, t, tp = _abar(), _t(T_NOW), _t(T_PREV)

@@ -16,10 +16,12 @@ Launch counts:
 
 * ``add_noise``, ``predict_x0``, ``cfg_combine``, ``ddim_step``, ``masked_project``: 1.
 * ``ddpm_step`` (with or without CFG, any variance, ``clip_x0``): 1. With dynamic
-  thresholding: a first kernel writes ``|x0_hat|`` (CFG included) into a float32 buffer,
-  ``torch.quantile`` + ``clamp`` reduce it to one ``s`` per sample (a few torch kernels),
-  and the fused step kernel recomputes ``x0_hat`` with the very same instructions and
-  applies ``clamp(x0_hat, -s, s) / s``: 2 Triton launches plus the reduction.
+  thresholding, 2 when a sample has at most ``THRESHOLD_FUSED_MAX`` values: one program per
+  sample computes ``|x0_hat|`` (CFG included) in registers and selects the exact quantile
+  ``s`` from it, then the fused step kernel recomputes ``x0_hat`` with the very same
+  instructions and applies ``clamp(x0_hat, -s, s) / s``. Larger samples: a first kernel
+  writes ``|x0_hat|`` into a float32 buffer and ``torch.quantile`` + ``clamp`` reduce it to
+  ``s`` (a few torch kernels) before the step kernel.
 * ``gaussian_filter``: 2 (a horizontal pass into float32 temporaries, a vertical pass
   that also forms ``blur(low) + high - blur(high)``).
 
@@ -31,8 +33,10 @@ Inputs arrive contiguous (``diffaccel.functional`` guarantees it).
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -168,6 +172,44 @@ def _ddpm_step_kernel(x_ptr, eu_ptr, ec_ptr, pv_ptr, noise_ptr, s_ptr, abar_ptr,
 
 
 @triton.jit
+def _threshold_kernel(x_ptr, eu_ptr, ec_ptr, abar_ptr, t_ptr, s_ptr, scale, inner, T, k_lo, k_hi, w, th_max,
+                      HAS_CFG: tl.constexpr, BLOCK: tl.constexpr):
+    """Dynamic thresholding's ``s`` of one sample (one program per sample, ``inner <= BLOCK``).
+
+    ``|x0_hat|`` (guidance included, the step kernel's very instructions) stays in registers as
+    int32 bit patterns, which order like the non-negative floats they encode. The order
+    statistics ``k_lo`` and ``k_hi`` (0-based) are found bit by bit: the k-th smallest key is the
+    largest pattern ``p`` with ``count(keys < p) <= k``, built from the top bit down with one
+    count (a block reduction) per bit. Then torch.quantile's interpolation at weight ``w``, the
+    clamp to ``[1, th_max]``, and NaN when the sample holds a NaN (as torch.quantile).
+    """
+    n = tl.program_id(0)
+    a = _abar_at(abar_ptr, t_ptr, n, T)
+    sqrt_a = tl.sqrt_rn(a)
+    sqrt_1ma = tl.sqrt_rn(1.0 - a)
+    local = tl.arange(0, BLOCK)
+    mask = local < inner
+    offs = n.to(tl.int64) * inner + local
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    e = _guided_eps(eu_ptr, ec_ptr, offs, mask, scale, HAS_CFG)
+    v = tl.abs((x - sqrt_1ma * e) / sqrt_a)
+    has_nan = tl.sum(((v != v) & mask).to(tl.int32), axis=0) > 0
+    keys = tl.where(mask, v.to(tl.int32, bitcast=True), 0x7FFFFFFF)  # padding sorts last
+    lo = tl.full([], 0, tl.int32)
+    hi = tl.full([], 0, tl.int32)
+    for i in tl.static_range(31):  # bits 30 .. 0 (bit 31, the sign, is 0)
+        c_lo = lo | (1 << (30 - i))
+        c_hi = hi | (1 << (30 - i))
+        lo = tl.where(tl.sum((keys < c_lo).to(tl.int32), axis=0) <= k_lo, c_lo, lo)
+        hi = tl.where(tl.sum((keys < c_hi).to(tl.int32), axis=0) <= k_hi, c_hi, hi)
+    v_lo = lo.to(tl.float32, bitcast=True)
+    v_hi = hi.to(tl.float32, bitcast=True)
+    q = tl.where(w < 0.5, v_lo + w * (v_hi - v_lo), v_hi - (v_hi - v_lo) * (1.0 - w))
+    s = tl.minimum(tl.maximum(q, 1.0), th_max)
+    tl.store(s_ptr + n, tl.where(has_nan, float("nan"), s))
+
+
+@triton.jit
 def _ddim_step_kernel(x_ptr, eu_ptr, ec_ptr, noise_ptr, abar_ptr, t_ptr, tp_ptr, out_ptr,
                       scale, eta, inner, T,
                       HAS_CFG: tl.constexpr, HAS_NOISE: tl.constexpr, BLOCK: tl.constexpr):
@@ -297,6 +339,10 @@ INTERPRETED = not isinstance(_add_noise_kernel, JITFunction)
 
 # ----------------------------------------------------------------------------- launch config
 _NUM_WARPS = 4
+#: Samples of at most this many values get dynamic thresholding's s from one program each, with
+#: the sample in registers (_threshold_kernel; a 3x64x64 DeepFloyd IF stage-I image is 12288).
+THRESHOLD_FUSED_MAX = 16384
+_THRESHOLD_WARPS = 8
 
 
 def _block(inner: int) -> int:
@@ -367,9 +413,19 @@ def ddpm_step(x_t, eps_u, eps_c: Optional[torch.Tensor], scale: float, abar, t, 
     eps_c_arg = eps_c if has_cfg else x_t
     thresholding = th_ratio > 0
     s = x_t
-    if thresholding:
-        # Pre-pass: |x0_hat| (guidance included) in float32, then the per-sample quantile
-        # exactly as the reference takes it (torch.quantile, linear interpolation).
+    if thresholding and inner <= THRESHOLD_FUSED_MAX:
+        # One program per sample selects s from |x0_hat| held in registers (_threshold_kernel).
+        # The rank and weight of torch.quantile's interpolation, in float32 as torch takes them.
+        rank = float(np.float32(th_ratio) * np.float32(inner - 1))
+        k_lo, k_hi = int(math.floor(rank)), int(math.ceil(rank))
+        s = torch.empty(n, dtype=torch.float32, device=x_t.device)
+        wrap(_threshold_kernel)[(n,)](
+            x_t, eps_u, eps_c_arg, abar, t, s, scale, inner, abar.numel(), k_lo, k_hi,
+            float(np.float32(rank) - np.float32(k_lo)), th_max,
+            HAS_CFG=has_cfg, BLOCK=max(16, triton.next_power_of_2(inner)), num_warps=_THRESHOLD_WARPS)
+    elif thresholding:
+        # Larger samples: |x0_hat| (guidance included) into a float32 buffer, then the
+        # per-sample quantile exactly as the reference takes it (torch.quantile).
         abs_x0 = torch.empty(x_t.shape, dtype=torch.float32, device=x_t.device)
         wrap(_predict_x0_kernel)[grid](
             x_t, eps_u, eps_c_arg, scale, abar, t, abs_x0, inner, abar.numel(),
