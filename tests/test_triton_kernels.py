@@ -156,14 +156,14 @@ def test_ddpm_step_thresholding_is_exercised():
     assert not torch.allclose(plain[0], thr[0])
 
 
-# Dynamic thresholding's s: up to kernels.THRESHOLD_FUSED_MAX values per sample one program per
-# sample selects it in registers (2 launches, no torch.quantile); larger samples take the
-# torch.quantile path. Values scaled up so the quantile, not the clamp to 1, sets s.
+# Dynamic thresholding's s, exact and without torch.quantile: up to kernels.THRESHOLD_FUSED_MAX
+# values per sample one program per sample selects it in registers; larger samples take the
+# radix select over several programs per sample (histograms merged with atomics). Values scaled
+# up so the quantile, not the clamp to 1, sets s.
 @pytest.mark.parametrize("shape", [(2, 1, 1, 1), (3, 1, 1, 2), (1, 3, 64, 64), (2, 3, 33, 37), (2, 3, 90, 61)],
-                         ids=["1", "2", "3x64x64", "odd", "large"])
+                         ids=["1", "2", "3x64x64", "odd", "radix"])
 @pytest.mark.parametrize("ratio", [0.001, 0.5, 0.95, 0.995, 1.0])
 def test_ddpm_step_threshold_quantile(shape, ratio, monkeypatch):
-    fused = shape[1] * shape[2] * shape[3] <= kernels.THRESHOLD_FUSED_MAX
     calls = []
     quantile = torch.quantile
     monkeypatch.setattr(torch, "quantile", lambda *a, **k: calls.append(1) or quantile(*a, **k))
@@ -172,17 +172,20 @@ def test_ddpm_step_threshold_quantile(shape, ratio, monkeypatch):
     abar = _abar()
     t = torch.linspace(30, 999, shape[0]).long().to(DEVICE)
     out = F.cfg_ddpm_step(x, eu, ec, 3.0, abar, t, t - 30, dynamic_threshold=(ratio, 1e6), backend="triton")
-    assert (len(calls) == 0) == fused
+    assert not calls
     monkeypatch.setattr(torch, "quantile", quantile)
     _close(out, _ddpm_ref(torch.float32, x, eu, ec, 3.0, abar, t, t - 30, dynamic_threshold=(ratio, 1e6)))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_ddpm_step_threshold_ties_and_nan(dtype):
+@pytest.mark.parametrize("shape", ["fused", "radix"])
+def test_ddpm_step_threshold_ties_and_nan(dtype, shape):
     # Few distinct |x0_hat| values (ties around every rank), then a NaN in one sample: torch.quantile
     # makes that sample's s NaN (its step is NaN), the other sample is unaffected.
     g = torch.Generator().manual_seed(3)
     x = (torch.randn(2, 3, 20, 30, generator=g) * 4).round().mul(10).to(DEVICE, dtype)
+    if shape == "radix":
+        x = x.repeat(1, 10, 1, 1)  # 18000 values per sample
     e = torch.zeros_like(x)
     abar, t = _abar(), _t([500, 999])
     for ratio in (0.5, 0.95):

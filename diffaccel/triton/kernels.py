@@ -19,9 +19,9 @@ Launch counts:
   thresholding, 2 when a sample has at most ``THRESHOLD_FUSED_MAX`` values: one program per
   sample computes ``|x0_hat|`` (CFG included) in registers and selects the exact quantile
   ``s`` from it, then the fused step kernel recomputes ``x0_hat`` with the very same
-  instructions and applies ``clamp(x0_hat, -s, s) / s``. Larger samples: a first kernel
-  writes ``|x0_hat|`` into a float32 buffer and ``torch.quantile`` + ``clamp`` reduce it to
-  ``s`` (a few torch kernels) before the step kernel.
+  instructions and applies ``clamp(x0_hat, -s, s) / s``. Larger samples: an exact radix
+  select over the whole grid (a zeroed histogram buffer, four histogram passes that each
+  recompute ``|x0_hat|``, one kernel that reads ``s`` off the histograms), then the step: 7.
 * ``gaussian_filter``: 2 (a horizontal pass into float32 temporaries, a vertical pass
   that also forms ``blur(low) + high - blur(high)``).
 
@@ -172,27 +172,38 @@ def _ddpm_step_kernel(x_ptr, eu_ptr, ec_ptr, pv_ptr, noise_ptr, s_ptr, abar_ptr,
 
 
 @triton.jit
+def _abs_x0(x_ptr, eu_ptr, ec_ptr, abar_ptr, t_ptr, n, T, offs, mask, scale, HAS_CFG: tl.constexpr):
+    """``|x0_hat|`` in float32 with exactly the step kernel's instructions (guidance included)."""
+    a = _abar_at(abar_ptr, t_ptr, n, T)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    e = _guided_eps(eu_ptr, ec_ptr, offs, mask, scale, HAS_CFG)
+    return tl.abs((x - tl.sqrt_rn(1.0 - a) * e) / tl.sqrt_rn(a))
+
+
+@triton.jit
+def _quantile_to_s(key_lo, key_hi, w, th_max, has_nan):
+    """Order statistics (as int32 float bit patterns) -> torch.quantile's interpolation at
+    weight ``w``, clamped to ``[1, th_max]``; NaN when the sample holds a NaN (as torch)."""
+    v_lo = key_lo.to(tl.float32, bitcast=True)
+    v_hi = key_hi.to(tl.float32, bitcast=True)
+    q = tl.where(w < 0.5, v_lo + w * (v_hi - v_lo), v_hi - (v_hi - v_lo) * (1.0 - w))
+    return tl.where(has_nan, float("nan"), tl.minimum(tl.maximum(q, 1.0), th_max))
+
+
+@triton.jit
 def _threshold_kernel(x_ptr, eu_ptr, ec_ptr, abar_ptr, t_ptr, s_ptr, scale, inner, T, k_lo, k_hi, w, th_max,
                       HAS_CFG: tl.constexpr, BLOCK: tl.constexpr):
     """Dynamic thresholding's ``s`` of one sample (one program per sample, ``inner <= BLOCK``).
 
-    ``|x0_hat|`` (guidance included, the step kernel's very instructions) stays in registers as
-    int32 bit patterns, which order like the non-negative floats they encode. The order
-    statistics ``k_lo`` and ``k_hi`` (0-based) are found bit by bit: the k-th smallest key is the
-    largest pattern ``p`` with ``count(keys < p) <= k``, built from the top bit down with one
-    count (a block reduction) per bit. Then torch.quantile's interpolation at weight ``w``, the
-    clamp to ``[1, th_max]``, and NaN when the sample holds a NaN (as torch.quantile).
+    ``|x0_hat|`` stays in registers as int32 bit patterns, which order like the non-negative
+    floats they encode. The order statistics ``k_lo`` and ``k_hi`` (0-based) are found bit by
+    bit: the k-th smallest key is the largest pattern ``p`` with ``count(keys < p) <= k``, built
+    from the top bit down with one count (a block reduction) per bit.
     """
     n = tl.program_id(0)
-    a = _abar_at(abar_ptr, t_ptr, n, T)
-    sqrt_a = tl.sqrt_rn(a)
-    sqrt_1ma = tl.sqrt_rn(1.0 - a)
     local = tl.arange(0, BLOCK)
     mask = local < inner
-    offs = n.to(tl.int64) * inner + local
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    e = _guided_eps(eu_ptr, ec_ptr, offs, mask, scale, HAS_CFG)
-    v = tl.abs((x - sqrt_1ma * e) / sqrt_a)
+    v = _abs_x0(x_ptr, eu_ptr, ec_ptr, abar_ptr, t_ptr, n, T, n.to(tl.int64) * inner + local, mask, scale, HAS_CFG)
     has_nan = tl.sum(((v != v) & mask).to(tl.int32), axis=0) > 0
     keys = tl.where(mask, v.to(tl.int32, bitcast=True), 0x7FFFFFFF)  # padding sorts last
     lo = tl.full([], 0, tl.int32)
@@ -202,11 +213,59 @@ def _threshold_kernel(x_ptr, eu_ptr, ec_ptr, abar_ptr, t_ptr, s_ptr, scale, inne
         c_hi = hi | (1 << (30 - i))
         lo = tl.where(tl.sum((keys < c_lo).to(tl.int32), axis=0) <= k_lo, c_lo, lo)
         hi = tl.where(tl.sum((keys < c_hi).to(tl.int32), axis=0) <= k_hi, c_hi, hi)
-    v_lo = lo.to(tl.float32, bitcast=True)
-    v_hi = hi.to(tl.float32, bitcast=True)
-    q = tl.where(w < 0.5, v_lo + w * (v_hi - v_lo), v_hi - (v_hi - v_lo) * (1.0 - w))
-    s = tl.minimum(tl.maximum(q, 1.0), th_max)
-    tl.store(s_ptr + n, tl.where(has_nan, float("nan"), s))
+    tl.store(s_ptr + n, _quantile_to_s(lo, hi, w, th_max, has_nan))
+
+
+# Radix select for large samples: the 31 value bits of a key in four 8-bit digits (bits 30..24,
+# which hold at most 7, then 23..16, 15..8, 7..0); digit q starts at bit 24 - 8 q. Histograms
+# hist[q, n, j, 256] (j = 0 for rank k_lo, 1 for k_hi) fill pass by pass; NaN counts follow them.
+@triton.jit
+def _radix_prefix(hist_ptr, n, N, j, k, PASSES: tl.constexpr):
+    """The top digits of the key of rank ``k`` known after ``PASSES`` histograms, and the rank
+    left within them: per pass, the bin whose cumulative count first exceeds the rank."""
+    bins = tl.arange(0, 256)
+    prefix = tl.full([], 0, tl.int32)
+    for q in tl.static_range(PASSES):
+        h = tl.load(hist_ptr + ((q * N + n) * 2 + j) * 256 + bins)
+        d = tl.sum((tl.cumsum(h, axis=0) <= k).to(tl.int32), axis=0)
+        k = k - tl.sum(tl.where(bins < d, h, 0), axis=0)
+        prefix = prefix | (d << (24 - 8 * q))
+    return prefix, k
+
+
+@triton.jit
+def _radix_hist_kernel(x_ptr, eu_ptr, ec_ptr, abar_ptr, t_ptr, hist_ptr, scale, inner, T, N, k_lo, k_hi,
+                       PASS: tl.constexpr, HAS_CFG: tl.constexpr, BLOCK: tl.constexpr):
+    """Pass ``PASS`` of the radix select: this block's histogram of digit ``PASS`` over the keys
+    whose higher digits match each target's prefix, added into the sample's global histogram."""
+    n = tl.program_id(1)
+    local = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = local < inner
+    v = _abs_x0(x_ptr, eu_ptr, ec_ptr, abar_ptr, t_ptr, n, T, n.to(tl.int64) * inner + local, mask, scale, HAS_CFG)
+    valid = mask & (v == v)
+    if PASS == 0:
+        tl.atomic_add(hist_ptr + 4 * N * 2 * 256 + n, tl.sum((mask & (v != v)).to(tl.int32), axis=0))
+    keys = v.to(tl.int32, bitcast=True)
+    digit = (keys >> (24 - 8 * PASS)) & 255
+    bins = tl.arange(0, 256)
+    for j in tl.static_range(2):
+        k = k_lo + j * (k_hi - k_lo)
+        prefix, k = _radix_prefix(hist_ptr, n, N, j, k, PASS)
+        match = valid
+        if PASS > 0:
+            match = match & ((keys >> (32 - 8 * PASS)) == (prefix >> (32 - 8 * PASS)))
+        h = tl.histogram(digit, 256, mask=match)
+        tl.atomic_add(hist_ptr + ((PASS * N + n) * 2 + j) * 256 + bins, h, mask=h != 0)
+
+
+@triton.jit
+def _radix_finish_kernel(hist_ptr, s_ptr, N, k_lo, k_hi, w, th_max):
+    """The two order statistics from the four histograms, then ``s`` (one program per sample)."""
+    n = tl.program_id(0)
+    key_lo, _ = _radix_prefix(hist_ptr, n, N, 0, k_lo, 4)
+    key_hi, _ = _radix_prefix(hist_ptr, n, N, 1, k_hi, 4)
+    has_nan = tl.load(hist_ptr + 4 * N * 2 * 256 + n) > 0
+    tl.store(s_ptr + n, _quantile_to_s(key_lo, key_hi, w, th_max, has_nan))
 
 
 @triton.jit
@@ -343,6 +402,8 @@ _NUM_WARPS = 4
 #: the sample in registers (_threshold_kernel; a 3x64x64 DeepFloyd IF stage-I image is 12288).
 THRESHOLD_FUSED_MAX = 16384
 _THRESHOLD_WARPS = 8
+#: Elements per program of the radix-select histogram passes (larger samples).
+_RADIX_BLOCK = 4096
 
 
 def _block(inner: int) -> int:
@@ -413,24 +474,24 @@ def ddpm_step(x_t, eps_u, eps_c: Optional[torch.Tensor], scale: float, abar, t, 
     eps_c_arg = eps_c if has_cfg else x_t
     thresholding = th_ratio > 0
     s = x_t
-    if thresholding and inner <= THRESHOLD_FUSED_MAX:
-        # One program per sample selects s from |x0_hat| held in registers (_threshold_kernel).
+    if thresholding:
         # The rank and weight of torch.quantile's interpolation, in float32 as torch takes them.
         rank = float(np.float32(th_ratio) * np.float32(inner - 1))
         k_lo, k_hi = int(math.floor(rank)), int(math.ceil(rank))
+        w = float(np.float32(rank) - np.float32(k_lo))
         s = torch.empty(n, dtype=torch.float32, device=x_t.device)
-        wrap(_threshold_kernel)[(n,)](
-            x_t, eps_u, eps_c_arg, abar, t, s, scale, inner, abar.numel(), k_lo, k_hi,
-            float(np.float32(rank) - np.float32(k_lo)), th_max,
-            HAS_CFG=has_cfg, BLOCK=max(16, triton.next_power_of_2(inner)), num_warps=_THRESHOLD_WARPS)
-    elif thresholding:
-        # Larger samples: |x0_hat| (guidance included) into a float32 buffer, then the
-        # per-sample quantile exactly as the reference takes it (torch.quantile).
-        abs_x0 = torch.empty(x_t.shape, dtype=torch.float32, device=x_t.device)
-        wrap(_predict_x0_kernel)[grid](
-            x_t, eps_u, eps_c_arg, scale, abar, t, abs_x0, inner, abar.numel(),
-            HAS_CFG=has_cfg, ABS=True, BLOCK=block, num_warps=_NUM_WARPS)
-        s = torch.quantile(abs_x0.view(n, inner), th_ratio, dim=1).clamp(min=1.0, max=th_max)
+        if inner <= THRESHOLD_FUSED_MAX:  # one program per sample, the sample in registers
+            wrap(_threshold_kernel)[(n,)](
+                x_t, eps_u, eps_c_arg, abar, t, s, scale, inner, abar.numel(), k_lo, k_hi, w, th_max,
+                HAS_CFG=has_cfg, BLOCK=max(16, triton.next_power_of_2(inner)), num_warps=_THRESHOLD_WARPS)
+        else:  # radix select over the whole grid: four histogram passes, then s
+            hist = torch.zeros(4 * n * 2 * 256 + n, dtype=torch.int32, device=x_t.device)
+            rblock = _RADIX_BLOCK
+            for p in range(4):
+                wrap(_radix_hist_kernel)[(triton.cdiv(inner, rblock), n)](
+                    x_t, eps_u, eps_c_arg, abar, t, hist, scale, inner, abar.numel(), n, k_lo, k_hi,
+                    PASS=p, HAS_CFG=has_cfg, BLOCK=rblock, num_warps=_NUM_WARPS)
+            wrap(_radix_finish_kernel)[(n,)](hist, s, n, k_lo, k_hi, w, th_max, num_warps=1)
     wrap(_ddpm_step_kernel)[grid](
         x_t, eps_u, eps_c_arg,
         predicted_variance if predicted_variance is not None else x_t,
