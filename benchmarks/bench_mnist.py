@@ -5,9 +5,11 @@
 Sampling: 64 class-conditional digits with CFG (g = 5) over all T = 300 steps, same model and
 seed, (a) the straightforward loop (two eager UNet calls per step, unfused update, fresh tensors;
 ``diffaccel.mnist.sampling.sample_naive``), (b) ``diffaccel.mnist.sample`` as called by default
-(one guided forward per step sharing the class-independent work, BN folded, channels-last, chunks
-of 16 samples, compiled with inductor freezing; the first call's compile time is reported
-separately), (c) the same eager (``compile=False``), (d) with the UNet under bf16 autocast.
+(one guided forward per step sharing the class-independent work, BN folded, channels-last, the
+3x3 convolutions by the C++ Winograd kernel, chunks of 16 samples, compiled with inductor
+freezing; the first call's compile time is reported separately), (c) the same eager
+(``compile=False``), (c') eager with oneDNN's direct convolutions instead of Winograd, (d) with
+the UNet under bf16 autocast.
 Training: images/s of the DDPM training
 step, eager vs channels-last vs compiled vs bf16 autocast (mixed precision).
 Everything runs in one process, side by side.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -53,6 +56,15 @@ def bench_sampling(model, n: int, seed: int, steps=None) -> dict:
     res["compile_warmup_s"] = res["diffaccel_first_call_s"] - res["diffaccel_s"]
     eager = timed("diffaccel_eager_s", compile=False)
     res["max_abs_diff_eager_vs_naive"] = float((eager - naive).abs().max())
+    # The same eager, with oneDNN's direct convolutions instead of the Winograd kernel.
+    os.environ["DIFFACCEL_DISABLE_WINOGRAD"] = "1"
+    model._fast.pop(("guided", False), None)
+    try:
+        direct = timed("diffaccel_direct_eager_s", compile=False)
+    finally:
+        del os.environ["DIFFACCEL_DISABLE_WINOGRAD"]
+        model._fast.pop(("guided", False), None)
+    res["max_abs_diff_direct_eager_vs_naive"] = float((direct - naive).abs().max())
     t0 = time.perf_counter()
     sample(model, labels=labels, guidance_scale=5.0, seed=seed, num_steps=2, precision="bf16",
            compile=True)  # compiles the bf16-autocast variant of the cached guided UNet
@@ -60,7 +72,7 @@ def bench_sampling(model, n: int, seed: int, steps=None) -> dict:
     bf = timed("diffaccel_bf16_s", precision="bf16")
     res["max_abs_diff_bf16_vs_naive"] = float((bf - naive).abs().max())
     res["mean_abs_diff_bf16_vs_naive"] = float((bf - naive).abs().mean())
-    for k in ("", "_eager", "_bf16", "_first_call"):
+    for k in ("", "_eager", "_direct_eager", "_bf16", "_first_call"):
         res["speedup" + k] = res["naive_s"] / res[f"diffaccel{k}_s"]
     return res
 
@@ -125,6 +137,8 @@ def main() -> None:
           f"{s['speedup_first_call']:.2f}x | {s['max_abs_diff_vs_naive']:.1e} |")
     print(f"| diffaccel.mnist.sample(compile=False) (guided UNet, eager) | {s['diffaccel_eager_s']:.1f} | "
           f"{s['speedup_eager']:.2f}x | {s['max_abs_diff_eager_vs_naive']:.1e} |")
+    print(f"| the same eager, direct convolutions (`DIFFACCEL_DISABLE_WINOGRAD=1`) | {s['diffaccel_direct_eager_s']:.1f} | "
+          f"{s['speedup_direct_eager']:.2f}x | {s['max_abs_diff_direct_eager_vs_naive']:.1e} |")
     print(f"| diffaccel.mnist.sample(precision='bf16') (+{s['bf16_warmup_s']:.0f} s compile) | {s['diffaccel_bf16_s']:.1f} | "
           f"{s['speedup_bf16']:.2f}x | {s['max_abs_diff_bf16_vs_naive']:.1e} (mean {s['mean_abs_diff_bf16_vs_naive']:.1e}) |")
     if not args.skip_train:

@@ -36,6 +36,11 @@ TORCH_LIBRARY(diffaccel, m) {
   m.def(
       "masked_project(Tensor x_t, Tensor x_orig, Tensor mask, Tensor noise, Tensor alphas_cumprod, "
       "Tensor t, Tensor(a!) out) -> ()");
+  // Inference building block of the MNIST UNet on CPU: conv2d(x, w, b, stride 1, padding 1) by
+  // Winograd F(4x4, 3x3) for channels-last float32 x. winograd_weight(w [Cout, Cin, 3, 3]) is the
+  // transformed filter [36, Cin, Cout] (computed once); conv3x3_winograd returns channels-last.
+  m.def("winograd_weight(Tensor weight) -> Tensor");
+  m.def("conv3x3_winograd(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
 }
 
 #ifdef DIFFACCEL_PYTHON_MODULE

@@ -46,6 +46,18 @@ def _fake(*args, **kwargs):
 for _name in _OPS:
     torch.library.register_fake(f"diffaccel::{_name}")(_fake)
 
+
+# The CPU Winograd convolution of the MNIST UNet (csrc/cpu/conv_ops.cpp) returns new tensors.
+@torch.library.register_fake("diffaccel::winograd_weight")
+def _winograd_weight_fake(weight):
+    return weight.new_empty((36, weight.shape[1], weight.shape[0]), dtype=torch.float32)
+
+
+@torch.library.register_fake("diffaccel::conv3x3_winograd")
+def _conv3x3_winograd_fake(x, weight, bias):
+    n, _, h, w = x.shape
+    return x.new_empty((n, weight.shape[2], h, w)).contiguous(memory_format=torch.channels_last)
+
 _ops = torch.ops.diffaccel
 
 

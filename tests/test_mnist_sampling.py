@@ -121,6 +121,21 @@ def test_compiled_guided_sampling_matches_eager(tiny_runs):
     torch.testing.assert_close(comp, eager, atol=1e-4, rtol=0)
 
 
+def test_winograd_sampling_matches_course_loop(tiny_runs, monkeypatch):
+    """The CPU sampler's 3x3 convolutions by Winograd (made eligible at this tiny width): the
+    course loop's digits within float32 noise, and a sample still independent of its batch."""
+    monkeypatch.setattr(I, "WINOGRAD_MIN_CHANNELS", 1)
+    m = P.MNISTDiffusion.from_train_dir(tiny_runs["ddpm_class"])
+    net = m.guided_model(compile=False)
+    assert any(isinstance(mod, I.WinogradConv3x3) for mod in net.modules())
+    labels = [3, 8, 0, 5, 1]
+    fast = S.sample(m, labels=labels, guidance_scale=5.0, seed=7, compile=False)
+    naive = S.sample_naive(m, labels, guidance_scale=5.0, seed=7)
+    torch.testing.assert_close(fast, naive, atol=2e-4, rtol=0)
+    alone = S.sample(m, labels=[5], guidance_scale=5.0, seed=7, start_index=3, compile=False)
+    torch.testing.assert_close(fast[3:4], alone, atol=1e-5, rtol=0)
+
+
 def test_noise_is_per_sample(tiny_runs):
     m = P.MNISTDiffusion.from_train_dir(tiny_runs["ddpm_class"])
     full = S.sample(m, labels=[1, 2, 3, 4, 5], num_steps=10, seed=1, batch_size=2)

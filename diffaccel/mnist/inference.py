@@ -8,6 +8,7 @@ with one pass over each activation fewer.
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from typing import Optional
 
@@ -42,11 +43,68 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
-def optimize_for_inference(model: nn.Module, channels_last: bool = True, compile: bool = False) -> nn.Module:
-    """Fold BN, switch to channels-last (oneDNN's preferred layout on CPU) and optionally compile."""
+def winograd_available() -> bool:
+    """Whether the C++ Winograd convolution (``torch.ops.diffaccel.conv3x3_winograd``) is built
+    and not switched off (``DIFFACCEL_DISABLE_WINOGRAD=1``: oneDNN's direct convolutions)."""
+    from .._backends import cpp_ops
+
+    if os.environ.get("DIFFACCEL_DISABLE_WINOGRAD") == "1":
+        return False
+    return cpp_ops() is not None and hasattr(torch.ops.diffaccel, "conv3x3_winograd")
+
+
+class WinogradConv3x3(nn.Module):
+    """An ``nn.Conv2d(k=3, stride=1, padding=1)`` evaluated on CPU float32 by the C++ Winograd
+    F(4x4, 3x3) kernel (``csrc/cpu/conv_ops.cpp``): 4x fewer multiply-adds, about 2x faster than
+    oneDNN's direct convolution on the course UNet's 28x28 layers, and float32 results within
+    about 1e-5 of it. The filter is transformed once, here (a snapshot of ``conv``'s weights).
+    Any other device or dtype, and bf16 autocast, run ``conv`` itself."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        if not is_winograd_eligible(conv):
+            raise ValueError(f"WinogradConv3x3 takes a 3x3, stride 1, padding 1 Conv2d on the CPU, got {conv}")
+        self.conv = conv
+        with torch.no_grad():
+            self.register_buffer("u", torch.ops.diffaccel.winograd_weight(conv.weight.float()), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu"):
+            return torch.ops.diffaccel.conv3x3_winograd(x, self.u, self.conv.bias)
+        return self.conv(x)
+
+
+#: Narrower layers gain nothing from the transforms (the UNet's 1-channel input conv, say).
+WINOGRAD_MIN_CHANNELS = 16
+
+
+def is_winograd_eligible(m: nn.Module) -> bool:
+    return (type(m) is nn.Conv2d and m.kernel_size == (3, 3) and m.stride == (1, 1) and m.padding == (1, 1)
+            and m.dilation == (1, 1) and m.groups == 1 and m.padding_mode == "zeros"
+            and m.weight.device.type == "cpu" and min(m.in_channels, m.out_channels) >= WINOGRAD_MIN_CHANNELS)
+
+
+def use_winograd(model: nn.Module) -> nn.Module:
+    """Swap, in place, every eligible 3x3 convolution of ``model`` for :class:`WinogradConv3x3`
+    (a no-op where the C++ extension is not built). Returns ``model``."""
+    if not winograd_available():
+        return model
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if is_winograd_eligible(child):
+                setattr(parent, name, WinogradConv3x3(child))
+    return model
+
+
+def optimize_for_inference(model: nn.Module, channels_last: bool = True, compile: bool = False,
+                           winograd: bool = True) -> nn.Module:
+    """Fold BN, switch to channels-last (oneDNN's preferred layout on CPU), evaluate the 3x3
+    convolutions by Winograd on CPU (``winograd``) and optionally compile."""
     fast = fold_batchnorm(model)
     if channels_last:
         fast = fast.to(memory_format=torch.channels_last)
+    if winograd:
+        use_winograd(fast)
     if compile:
         fast = torch.compile(fast, dynamic=False)
     return fast
@@ -205,10 +263,12 @@ class CompiledOrEager(nn.Module):
         return self.module(*args)
 
 
-def guided_unet(model: nn.Module, channels_last: bool = True, compile: bool = False) -> nn.Module:
-    """:class:`GuidedUNet` of ``model`` (BN folded, channels-last), optionally compiled with a
-    clean eager fallback (:class:`CompiledOrEager`)."""
+def guided_unet(model: nn.Module, channels_last: bool = True, compile: bool = False, winograd: bool = True) -> nn.Module:
+    """:class:`GuidedUNet` of ``model`` (BN folded, channels-last, 3x3 convolutions by Winograd on
+    CPU when ``winograd``), optionally compiled with a clean eager fallback (:class:`CompiledOrEager`)."""
     g = GuidedUNet(fold_batchnorm(model)).eval()
     if channels_last:
         g = g.to(memory_format=torch.channels_last)
+    if winograd:
+        use_winograd(g)
     return CompiledOrEager(g) if compile else g
