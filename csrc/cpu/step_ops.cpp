@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <utility>
 #include <cmath>
 #include <cstring>
@@ -450,19 +451,15 @@ void ddpm_step(const at::Tensor& x_t, const at::Tensor& eps_u, const std::option
                                             opt_ptr<scalar_t>(eps_c), opt_ptr<scalar_t>(noise),
                                             opt_ptr<scalar_t>(predicted_variance)};
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    // The step over [lo, hi) of sample s, given its constants.
-    auto step = [&](int64_t s, int64_t lo, int64_t hi) {
-      for_each_block<5>(in, op, lo, hi, [&](const auto& f, float* o, int64_t n) {
+    // The step over [lo, hi) of sample s, given its constants; `stream` (std::true_type) writes
+    // `out` with streaming stores.
+    auto step_with = [&](auto stream, int64_t s, int64_t lo, int64_t hi) {
+      for_each_block<5, decltype(stream)::value>(in, op, lo, hi, [&](const auto& f, float* o, int64_t n) {
         cfg ? ddpm_block_any<true>(f, o, n, coef[s], g, variance_type)
             : ddpm_block_any<false>(f, o, n, coef[s], g, variance_type);
       });
     };
-    auto step_stream = [&](int64_t s, int64_t lo, int64_t hi) {
-      for_each_block<5, true>(in, op, lo, hi, [&](const auto& f, float* o, int64_t n) {
-        cfg ? ddpm_block_any<true>(f, o, n, coef[s], g, variance_type)
-            : ddpm_block_any<false>(f, o, n, coef[s], g, variance_type);
-      });
-    };
+    auto step = [&](int64_t s, int64_t lo, int64_t hi) { step_with(std::false_type{}, s, lo, hi); };
     if (!threshold) {
       at::parallel_for(0, x_t.numel(), kGrain, [&](int64_t begin, int64_t end) {
         for_each_segment(begin, end, per_sample, step);
@@ -485,7 +482,7 @@ void ddpm_step(const at::Tensor& x_t, const at::Tensor& eps_u, const std::option
       at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
         for (int64_t k = begin; k < end; ++k) {
           const int64_t lo = s * per_sample + k * per_sample / chunks, hi = s * per_sample + (k + 1) * per_sample / chunks;
-          stream ? step_stream(s, lo, hi) : step(s, lo, hi);
+          stream ? step_with(std::true_type{}, s, lo, hi) : step(s, lo, hi);
         }
       });
     };
