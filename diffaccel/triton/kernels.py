@@ -18,7 +18,7 @@ Launch counts:
 * ``ddpm_step`` (with or without CFG, any variance, ``clip_x0``): 1. With dynamic
   thresholding, 2 when a sample has at most ``THRESHOLD_FUSED_MAX`` values: one program per
   sample computes ``|x0_hat|`` (CFG included) in registers and selects the exact quantile
-  ``s`` from it, then the fused step kernel recomputes ``x0_hat`` with the very same
+  ``s`` from it (a radix select on in-register histograms), then the fused step kernel recomputes ``x0_hat`` with the very same
   instructions and applies ``clamp(x0_hat, -s, s) / s``. Larger samples: an exact radix
   select over the whole grid (a zeroed histogram buffer, four histogram passes that each
   recompute ``|x0_hat|``, one kernel that reads ``s`` off the histograms), then the step: 7.
@@ -191,45 +191,63 @@ def _quantile_to_s(key_lo, key_hi, w, th_max, has_nan):
     return tl.where(has_nan, float("nan"), tl.minimum(tl.maximum(q, 1.0), th_max))
 
 
+# Exact order statistics by radix select: keys are the int32 bit patterns of |x0_hat|, which order
+# like the non-negative floats they encode; their 31 value bits form four 8-bit digits (bits
+# 30..24, which hold at most 7, then 23..16, 15..8, 7..0), digit q starting at bit 24 - 8 q. Per
+# digit, a 256-bin histogram of the keys whose higher digits match the target's prefix; the bin
+# where the cumulative count first exceeds the rank is the target's digit.
+@triton.jit
+def _radix_digit(h, k):
+    """(digit, rank left within it) for a 256-bin histogram ``h`` and a rank ``k``."""
+    bins = tl.arange(0, 256)
+    d = tl.sum((tl.cumsum(h, axis=0) <= k).to(tl.int32), axis=0)
+    return d, k - tl.sum(tl.where(bins < d, h, 0), axis=0)
+
+
+@triton.jit
+def _radix_match(keys, prefix, valid, Q: tl.constexpr):
+    """The keys (of ``valid``) whose digits above digit ``Q`` equal the prefix's."""
+    if Q == 0:
+        return valid
+    return valid & ((keys >> (32 - 8 * Q)) == (prefix >> (32 - 8 * Q)))
+
+
 @triton.jit
 def _threshold_kernel(x_ptr, eu_ptr, ec_ptr, abar_ptr, t_ptr, s_ptr, scale, inner, T, k_lo, k_hi, w, th_max,
                       HAS_CFG: tl.constexpr, BLOCK: tl.constexpr):
-    """Dynamic thresholding's ``s`` of one sample (one program per sample, ``inner <= BLOCK``).
-
-    ``|x0_hat|`` stays in registers as int32 bit patterns, which order like the non-negative
-    floats they encode. The order statistics ``k_lo`` and ``k_hi`` (0-based) are found bit by
-    bit: the k-th smallest key is the largest pattern ``p`` with ``count(keys < p) <= k``, built
-    from the top bit down with one count (a block reduction) per bit.
-    """
+    """Dynamic thresholding's ``s`` of one sample (one program per sample, ``inner <= BLOCK``):
+    ``|x0_hat|`` stays in registers and the order statistics ``k_lo`` and ``k_hi`` come from
+    four in-register histograms each (the radix select above)."""
     n = tl.program_id(0)
     local = tl.arange(0, BLOCK)
     mask = local < inner
     v = _abs_x0(x_ptr, eu_ptr, ec_ptr, abar_ptr, t_ptr, n, T, n.to(tl.int64) * inner + local, mask, scale, HAS_CFG)
-    has_nan = tl.sum(((v != v) & mask).to(tl.int32), axis=0) > 0
-    keys = tl.where(mask, v.to(tl.int32, bitcast=True), 0x7FFFFFFF)  # padding sorts last
+    valid = mask & (v == v)
+    has_nan = tl.sum((mask & (v != v)).to(tl.int32), axis=0) > 0
+    keys = v.to(tl.int32, bitcast=True)
     lo = tl.full([], 0, tl.int32)
     hi = tl.full([], 0, tl.int32)
-    for i in tl.static_range(31):  # bits 30 .. 0 (bit 31, the sign, is 0)
-        c_lo = lo | (1 << (30 - i))
-        c_hi = hi | (1 << (30 - i))
-        lo = tl.where(tl.sum((keys < c_lo).to(tl.int32), axis=0) <= k_lo, c_lo, lo)
-        hi = tl.where(tl.sum((keys < c_hi).to(tl.int32), axis=0) <= k_hi, c_hi, hi)
+    r_lo = k_lo + 0 * lo
+    r_hi = k_hi + 0 * lo
+    for q in tl.static_range(4):
+        digit = (keys >> (24 - 8 * q)) & 255
+        d, r_lo = _radix_digit(tl.histogram(digit, 256, mask=_radix_match(keys, lo, valid, q)), r_lo)
+        lo = lo | (d << (24 - 8 * q))
+        d, r_hi = _radix_digit(tl.histogram(digit, 256, mask=_radix_match(keys, hi, valid, q)), r_hi)
+        hi = hi | (d << (24 - 8 * q))
     tl.store(s_ptr + n, _quantile_to_s(lo, hi, w, th_max, has_nan))
 
 
-# Radix select for large samples: the 31 value bits of a key in four 8-bit digits (bits 30..24,
-# which hold at most 7, then 23..16, 15..8, 7..0); digit q starts at bit 24 - 8 q. Histograms
-# hist[q, n, j, 256] (j = 0 for rank k_lo, 1 for k_hi) fill pass by pass; NaN counts follow them.
+# The same select for large samples, over the whole grid: histograms hist[q, n, j, 256] (j = 0 for
+# rank k_lo, 1 for k_hi) are filled pass by pass with atomics; NaN counts follow them.
 @triton.jit
 def _radix_prefix(hist_ptr, n, N, j, k, PASSES: tl.constexpr):
     """The top digits of the key of rank ``k`` known after ``PASSES`` histograms, and the rank
-    left within them: per pass, the bin whose cumulative count first exceeds the rank."""
+    left within them."""
     bins = tl.arange(0, 256)
     prefix = tl.full([], 0, tl.int32)
     for q in tl.static_range(PASSES):
-        h = tl.load(hist_ptr + ((q * N + n) * 2 + j) * 256 + bins)
-        d = tl.sum((tl.cumsum(h, axis=0) <= k).to(tl.int32), axis=0)
-        k = k - tl.sum(tl.where(bins < d, h, 0), axis=0)
+        d, k = _radix_digit(tl.load(hist_ptr + ((q * N + n) * 2 + j) * 256 + bins), k)
         prefix = prefix | (d << (24 - 8 * q))
     return prefix, k
 
@@ -252,10 +270,7 @@ def _radix_hist_kernel(x_ptr, eu_ptr, ec_ptr, abar_ptr, t_ptr, hist_ptr, scale, 
     for j in tl.static_range(2):
         k = k_lo + j * (k_hi - k_lo)
         prefix, k = _radix_prefix(hist_ptr, n, N, j, k, PASS)
-        match = valid
-        if PASS > 0:
-            match = match & ((keys >> (32 - 8 * PASS)) == (prefix >> (32 - 8 * PASS)))
-        h = tl.histogram(digit, 256, mask=match)
+        h = tl.histogram(digit, 256, mask=_radix_match(keys, prefix, valid, PASS))
         tl.atomic_add(hist_ptr + ((PASS * N + n) * 2 + j) * 256 + bins, h, mask=h != 0)
 
 
