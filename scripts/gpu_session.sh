@@ -45,7 +45,7 @@ snap
 
 log "GPU tests (pytest -m gpu)"
 timeout $(( TRAIN_DEADLINE - $(el) > 60 ? TRAIN_DEADLINE - $(el) : 60 )) \
-  $PY -m pytest -q -m gpu -n 6 -p no:cacheprovider tests/ > "$W/pytest-gpu.log" 2>&1
+  $PY -m pytest -v -rf -m gpu -n 6 -p no:cacheprovider tests/ > "$W/pytest-gpu.log" 2>&1  # -v: a cut run still names its failures
 log "pytest exit $?: $(tail -1 "$W/pytest-gpu.log")"
 snap
 
