@@ -128,8 +128,8 @@ at::Tensor winograd_weight(const at::Tensor& weight) {
                                        {1.0 / 24, -1.0 / 12, 1.0 / 6},
                                        {0, 0, 1}};
   const int64_t cout = weight.size(0), cin = weight.size(1);
-  const at::Tensor w = weight.to(at::kCPU, at::kDouble).contiguous();
-  at::Tensor u = at::empty({kPos, cin, cout}, weight.options().dtype(at::kFloat).device(at::kCPU));
+  const at::Tensor w = weight.to(at::kDouble).contiguous();
+  at::Tensor u = at::empty({kPos, cin, cout}, weight.options().dtype(at::kFloat));
   const double* wp = w.const_data_ptr<double>();
   float* up = u.mutable_data_ptr<float>();
   for (int64_t co = 0; co < cout; ++co) {
@@ -144,7 +144,7 @@ at::Tensor winograd_weight(const at::Tensor& weight) {
               static_cast<float>(gk[i][0] * G[jj][0] + gk[i][1] * G[jj][1] + gk[i][2] * G[jj][2]);
     }
   }
-  return u.to(weight.device());
+  return u;
 }
 
 // y = conv2d(x, weight, bias, stride 1, padding 1) for channels-last float32 x, from the

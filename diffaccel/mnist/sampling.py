@@ -9,6 +9,7 @@ which moves the last bits; a sharded run that keeps the batch size is bit-identi
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Callable, Optional, Sequence, Union
 
@@ -72,9 +73,7 @@ class PerSampleNoise:
         no host<->device transfer (and no synchronisation) per step and can be a CUDA graph.
         The block takes ``n * k * m * 4`` bytes on the device (a 1000-digit, 300-step DDPM batch:
         0.9 GB), which is why ``sample`` works in batches."""
-        m = 1
-        for s in self.shape:
-            m *= s
+        m = math.prod(self.shape)
         if m % 16:
             raise ValueError(f"draw_steps needs a multiple of 16 values per draw, got {m}")
         pin = self.device.type == "cuda"
@@ -324,7 +323,7 @@ def sample_naive(model: MNISTDiffusion, labels, guidance_scale: float = 5.0, see
         t_in = tt.float() / T
         eps_c = net(x, t_in, c)
         eps_u = net(x, t_in, torch.zeros_like(c))
-        eps = eps_u + guidance_scale * (eps_c - eps_u)
+        eps = R.cfg_combine(eps_u, eps_c, guidance_scale)  # the reference's formula, unfused
         if t > 0:
             z = noise.draw() if zs is None else zs[T - 1 - t]
         else:

@@ -227,7 +227,7 @@ def _threshold_kernel(x_ptr, eu_ptr, ec_ptr, abar_ptr, t_ptr, s_ptr, scale, inne
     keys = v.to(tl.int32, bitcast=True)
     lo = tl.full([], 0, tl.int32)
     hi = tl.full([], 0, tl.int32)
-    r_lo = k_lo + 0 * lo
+    r_lo = k_lo + 0 * lo  # int32 tensors even when Triton specialised k_lo / k_hi to a constant
     r_hi = k_hi + 0 * lo
     for q in tl.static_range(4):
         digit = (keys >> (24 - 8 * q)) & 255
