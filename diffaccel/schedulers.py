@@ -41,6 +41,7 @@ Known, documented differences from diffusers:
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
@@ -48,21 +49,20 @@ import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
-from diffusers.schedulers.scheduling_ddpm import (
-    DDPMSchedulerOutput,
-    betas_for_alpha_bar,
-    rescale_zero_terminal_snr,
-)
+from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import functional as F
 from . import reference as ref
+from . import schedules
 
 __all__ = ["DDPMScheduler", "DDIMScheduler", "DDPMSchedulerOutput", "DDIMSchedulerOutput"]
 
 _PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-_SPACINGS = ("linspace", "leading", "trailing")
+_SPACINGS = schedules.TIMESTEP_SPACINGS
+#: the beta schedules diffusers' DDIM / DPM-Solver / UniPC accept (DDPM takes all of them)
+_SOLVER_BETAS = ("linear", "scaled_linear", "squaredcos_cap_v2")
 #: diffusers' variance types -> the kernel's. The *_log variants give the same std.
 _KERNEL_VARIANCE = {
     "fixed_small": "fixed_small", "fixed_small_log": "fixed_small",
@@ -71,30 +71,8 @@ _KERNEL_VARIANCE = {
 }
 
 
-def _make_betas(cls_name: str, allowed: Tuple[str, ...], num_train_timesteps, beta_start, beta_end,
-                beta_schedule, trained_betas, rescale_betas_zero_snr) -> torch.Tensor:
-    """The betas exactly as diffusers builds them (its own helpers, bit for bit)."""
-    if trained_betas is not None:
-        betas = torch.tensor(trained_betas, dtype=torch.float32)
-    elif beta_schedule not in allowed:
-        raise NotImplementedError(f"{beta_schedule} is not implemented for {cls_name} (choose one of {allowed})")
-    elif beta_schedule == "linear":
-        betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
-    elif beta_schedule == "scaled_linear":
-        betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
-    elif beta_schedule == "squaredcos_cap_v2":
-        betas = betas_for_alpha_bar(num_train_timesteps)
-    elif beta_schedule == "laplace":
-        betas = betas_for_alpha_bar(num_train_timesteps, alpha_transform_type="laplace")
-    else:  # sigmoid
-        betas = torch.sigmoid(torch.linspace(-6, 6, num_train_timesteps)) * (beta_end - beta_start) + beta_start
-    if rescale_betas_zero_snr:
-        betas = rescale_zero_terminal_snr(betas)
-    return betas
-
-
 def _spaced_timesteps(config, num_inference_steps: int) -> np.ndarray:
-    """diffusers' ``timestep_spacing`` rules (Lin et al. 2023, table 2), as int64, descending."""
+    """DDPM/DDIM's timestep grid for ``num_inference_steps`` (checked), descending int64."""
     T = config.num_train_timesteps
     if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
         raise TypeError(f"num_inference_steps must be an int, got {type(num_inference_steps).__name__}")
@@ -102,17 +80,7 @@ def _spaced_timesteps(config, num_inference_steps: int) -> np.ndarray:
         raise ValueError(
             f"`num_inference_steps`: {num_inference_steps} cannot be larger than `self.config.train_timesteps`: {T} "
             f"(and must be >= 1)")
-    spacing = config.timestep_spacing
-    if spacing == "linspace":
-        return np.linspace(0, T - 1, num_inference_steps).round()[::-1].copy().astype(np.int64)
-    if spacing == "leading":
-        ratio = T // num_inference_steps
-        ts = (np.arange(0, num_inference_steps) * ratio).round()[::-1].copy().astype(np.int64)
-        return ts + config.steps_offset
-    if spacing == "trailing":
-        ratio = T / num_inference_steps
-        return np.round(np.arange(T, 0, -ratio)).astype(np.int64) - 1
-    raise ValueError(f"timestep_spacing must be one of {_SPACINGS}, got {spacing!r}")
+    return schedules.spaced_timesteps(config.timestep_spacing, T, num_inference_steps, config.steps_offset)
 
 
 class _Tables(NamedTuple):
@@ -139,7 +107,7 @@ class _FusedScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"timestep_spacing must be one of {_SPACINGS}, got {self.config.timestep_spacing!r}")
         self.betas = betas
         self.alphas = 1.0 - betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self.alphas_cumprod = schedules.alphas_cumprod(betas)
         self.one = torch.tensor(1.0)
         self.init_noise_sigma = 1.0
         self.num_inference_steps = None
@@ -279,6 +247,15 @@ class _FusedScheduler(SchedulerMixin, ConfigMixin):
             return x0.clamp(-c.clip_sample_range, c.clip_sample_range)
         return x0
 
+    def _fused_bounds(self) -> bool:
+        """Whether the configured bound is one the fused kernels take (diffusers accepts more:
+        ``sample_max_value < 1`` makes ``s`` = that value for every sample, ``clip_sample_range
+        <= 0`` clamps everything to it); the others bound x0 on the host, see ``_bounded_eps``."""
+        c = self.config
+        if c.thresholding:
+            return 0 < c.dynamic_thresholding_ratio <= 1 and c.sample_max_value >= 1
+        return not c.clip_sample or c.clip_sample_range > 0
+
     def _bounds(self) -> dict:
         c = self.config
         if c.thresholding:
@@ -286,6 +263,12 @@ class _FusedScheduler(SchedulerMixin, ConfigMixin):
         if c.clip_sample:
             return {"clip_x0": c.clip_sample_range}
         return {}
+
+    def _bounded_eps(self, sample, eps, t, tab: "_Tables") -> torch.Tensor:
+        """For bounds the kernels do not take: ``eps`` re-derived from the bounded x0, so the
+        unbounded step of it is the bounded step (``eps' = (x_t - sqrt(abar) x0_b) / sqrt(1 - abar)``)."""
+        x0 = self._bound_x0(F.predict_x0(sample, eps, tab.abar, t))
+        return F.predict_x0(sample, x0, tab.one_minus_abar, t)
 
     def _pred_x0(self, model_output, eps, sample, t, tab: _Tables) -> Optional[torch.Tensor]:
         if not self.compute_pred_original_sample:
@@ -367,11 +350,11 @@ class DDPMScheduler(_FusedScheduler):
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
     ):
-        if variance_type not in _KERNEL_VARIANCE:
-            raise ValueError(f"variance_type must be one of {tuple(_KERNEL_VARIANCE)}, got {variance_type!r}")
-        betas = _make_betas(type(self).__name__, ("linear", "scaled_linear", "squaredcos_cap_v2", "laplace", "sigmoid"),
-                            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
-                            rescale_betas_zero_snr)
+        if variance_type not in _KERNEL_VARIANCE:  # diffusers steps any other string as fixed_small
+            warnings.warn(f"variance_type {variance_type!r} is not one of {tuple(_KERNEL_VARIANCE)}: "
+                          "stepping with the 'fixed_small' variance, as diffusers does", UserWarning, stacklevel=2)
+        betas = schedules.diffusers_betas(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas,
+                                          rescale_betas_zero_snr, owner=type(self).__name__)
         self._init_common(betas)
         self.variance_type = variance_type
         self.custom_timesteps = False
@@ -405,6 +388,32 @@ class DDPMScheduler(_FusedScheduler):
         table[ts] = np.append(ts[1:], -1)
         self._set_schedule(ts, table, device)
 
+    def _get_variance(self, t, predicted_variance: Optional[torch.Tensor] = None,
+                      variance_type: Optional[str] = None) -> torch.Tensor:
+        """diffusers' per-step variance helper (its LEDITS++ and CycleDiffusion pipelines call it),
+        with diffusers' return conventions per ``variance_type`` (default: the config's):
+        the variance for ``fixed_small`` / ``fixed_large`` (and any unknown type: ``fixed_small``),
+        the std for ``fixed_small_log``, ``log(beta)`` for ``fixed_large_log``, the log-variance
+        for ``learned_range`` and ``predicted_variance`` itself for ``learned``. float32 tables."""
+        prev_t = self.previous_timestep(t)
+        abar_t = self.alphas_cumprod[t]
+        abar_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
+        beta = 1 - abar_t / abar_prev
+        small = torch.clamp(schedules.posterior_variance(abar_t, abar_prev), min=1e-20)  # logs are taken below
+        kind = self.config.variance_type if variance_type is None else variance_type
+        if kind == "fixed_small_log":
+            return torch.exp(0.5 * torch.log(small))
+        if kind == "fixed_large":
+            return beta
+        if kind == "fixed_large_log":
+            return torch.log(beta)
+        if kind == "learned":
+            return predicted_variance
+        if kind == "learned_range":
+            frac = (predicted_variance + 1) / 2
+            return frac * torch.log(beta) + (1 - frac) * torch.log(small)
+        return small
+
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              generator: Optional[torch.Generator] = None, return_dict: bool = True):
         """One reverse step ``x_t -> x_{t_prev}`` (SPEC A1.4) in one fused kernel.
@@ -435,17 +444,20 @@ class DDPMScheduler(_FusedScheduler):
         if t_host is None or t_host > 0:  # diffusers draws only where t > 0; the kernel masks t == 0
             noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
                                  dtype=model_output.dtype)
-        kernel_vt = _KERNEL_VARIANCE[vt]
+        kernel_vt = _KERNEL_VARIANCE.get(vt, "fixed_small")
+        step_eps, bounds = eps, self._bounds()
+        if not self._fused_bounds():
+            step_eps, bounds = self._bounded_eps(sample, eps, t, tab), {}
         if kernel_vt is None:  # "learned": std = sqrt(predicted variance), no kernel for it
-            prev_sample = F.ddpm_step(sample, eps, tab.abar, t, t_prev, **self._bounds())
+            prev_sample = F.ddpm_step(sample, step_eps, tab.abar, t, t_prev, **bounds)
             if noise is not None:
                 gate = (t > 0).to(sample.dtype).reshape(-1, *([1] * (sample.ndim - 1)))
                 prev_sample = prev_sample + gate * predicted_variance.sqrt() * noise
         else:
             prev_sample = F.ddpm_step(
-                sample, eps, tab.abar, t, t_prev, noise=noise, variance=kernel_vt,
+                sample, step_eps, tab.abar, t, t_prev, noise=noise, variance=kernel_vt,
                 predicted_variance=predicted_variance if kernel_vt == "learned_range" else None,
-                **self._bounds())
+                **bounds)
         lazy = _LazyX0(lambda: self._pred_x0(model_output, eps, sample, t, tab))
         if not return_dict:
             return _LazyStepTuple(prev_sample, lazy)
@@ -484,9 +496,8 @@ class DDIMScheduler(_FusedScheduler):
         timestep_spacing: str = "leading",
         rescale_betas_zero_snr: bool = False,
     ):
-        betas = _make_betas(type(self).__name__, ("linear", "scaled_linear", "squaredcos_cap_v2"),
-                            num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
-                            rescale_betas_zero_snr)
+        betas = schedules.diffusers_betas(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas,
+                                          rescale_betas_zero_snr, allowed=_SOLVER_BETAS, owner=type(self).__name__)
         self._init_common(betas)
         self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
         self._set_schedule(np.arange(0, num_train_timesteps)[::-1].copy(), np.arange(num_train_timesteps) - 1, None)
@@ -504,6 +515,14 @@ class DDIMScheduler(_FusedScheduler):
         table = np.arange(T, dtype=np.int64) - T // num_inference_steps
         table[table < 0] = -1 if self.config.set_alpha_to_one else 0
         self._set_schedule(ts, table, device)
+
+    def _get_variance(self, timestep, prev_timestep) -> torch.Tensor:
+        """diffusers' DDIM variance helper (LEDITS++ / CycleDiffusion call it): the posterior
+        variance of the step ``timestep -> prev_timestep`` (eq. 16 of Song et al. 2020 at eta = 1);
+        a negative ``prev_timestep`` lands on ``final_alpha_cumprod``."""
+        abar_t = self.alphas_cumprod[timestep]
+        abar_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
+        return schedules.posterior_variance(abar_t, abar_prev)
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float = 0.0,
              use_clipped_model_output: bool = False, generator: Optional[torch.Generator] = None,

@@ -131,7 +131,7 @@ def test_ddpm_fixed_large_log_is_fixed_large():
     assert_same_loop(ours, expect)
 
 
-@pytest.mark.parametrize("beta", ["linear", "squaredcos_cap_v2", "sigmoid", "scaled_linear"])
+@pytest.mark.parametrize("beta", ["linear", "squaredcos_cap_v2", "sigmoid", "scaled_linear", "laplace"])
 @pytest.mark.parametrize("rescale", [False, True])
 def test_tables_equal_diffusers(beta, rescale):
     a = S.DDPMScheduler(beta_schedule=beta, rescale_betas_zero_snr=rescale)
@@ -145,6 +145,72 @@ def test_tables_equal_diffusers(beta, rescale):
         assert torch.equal(a.timesteps, b.timesteps)
         for t in b.timesteps[:: max(1, n // 7)]:
             assert a.previous_timestep(int(t)) == int(b.previous_timestep(t))
+
+
+# ----------------------------------------------------------------------------- drop-in fidelity
+#: bounds diffusers accepts that the fused kernels do not take (x0 is bounded on the host)
+ODD_BOUNDS = [dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=0.5),
+              dict(thresholding=True, dynamic_thresholding_ratio=0.995, sample_max_value=0.9, clip_sample=False),
+              dict(thresholding=True, dynamic_thresholding_ratio=0.0, sample_max_value=1.5),
+              dict(clip_sample=True, clip_sample_range=0.0), dict(clip_sample=True, clip_sample_range=-0.3),
+              dict(clip_sample=True, clip_sample_range=0.4)]
+
+
+@pytest.mark.parametrize("bounds", ODD_BOUNDS, ids=lambda b: "-".join(f"{k}={v}" for k, v in b.items()))
+@pytest.mark.parametrize("variance_type", ["fixed_small", "learned_range"])
+def test_ddpm_bounds_diffusers_accepts(bounds, variance_type):
+    cfg = dict(beta_schedule="squaredcos_cap_v2", variance_type=variance_type, **bounds)
+    assert_same_loop(run_loop(S.DDPMScheduler(**cfg), 20, (2, 3, 9, 11), seed=4),
+                     run_loop(diffusers.DDPMScheduler(**cfg), 20, (2, 3, 9, 11), seed=4))
+
+
+@pytest.mark.parametrize("bounds", ODD_BOUNDS[:2] + ODD_BOUNDS[3:5], ids=["thr0.5", "thr0.9", "clip0", "clip-0.3"])
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_ddim_bounds_diffusers_accepts(bounds, eta):
+    cfg = dict(beta_schedule="scaled_linear", **bounds)
+    kw = dict(eta=eta)
+    assert_same_loop(run_loop(S.DDIMScheduler(**cfg), 20, (2, 3, 9, 11), seed=5, ddim_kw=kw),
+                     run_loop(diffusers.DDIMScheduler(**cfg), 20, (2, 3, 9, 11), seed=5, ddim_kw=kw))
+
+
+@pytest.mark.parametrize("variance_type", ["nope", "fixed_small_logs"])
+def test_ddpm_unknown_variance_type_steps_as_fixed_small(variance_type):
+    with pytest.warns(UserWarning, match="fixed_small"):
+        ours = S.DDPMScheduler(variance_type=variance_type, clip_sample=False)
+    assert ours.config.variance_type == variance_type  # kept, as diffusers keeps it
+    theirs = diffusers.DDPMScheduler(variance_type=variance_type, clip_sample=False)
+    assert_same_loop(run_loop(ours, 20, (2, 3, 8, 8)), run_loop(theirs, 20, (2, 3, 8, 8)))
+    expect = run_loop(diffusers.DDPMScheduler(variance_type="fixed_small", clip_sample=False), 20, (2, 3, 8, 8))
+    assert_same_loop(run_loop(ours, 20, (2, 3, 8, 8)), expect)
+
+
+@pytest.mark.parametrize("beta", ["linear", "squaredcos_cap_v2", "sigmoid"])
+@pytest.mark.parametrize("config_vt", ["fixed_small", "learned_range"])
+def test_ddpm_get_variance_equals_diffusers(beta, config_vt):
+    kinds = [None, "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range", "x"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a, b = S.DDPMScheduler(beta_schedule=beta, variance_type=config_vt), diffusers.DDPMScheduler(
+            beta_schedule=beta, variance_type=config_vt)
+    pv = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for setup in (lambda s: None, lambda s: s.set_timesteps(17), lambda s: s.set_timesteps(timesteps=[999, 500, 3])):
+        setup(a), setup(b)
+        for t in [int(b.timesteps[0]), int(b.timesteps[1]), int(b.timesteps[-1])]:
+            for kind in kinds:
+                for tt in (t, torch.tensor(t)):
+                    got = a._get_variance(tt, predicted_variance=pv, variance_type=kind)
+                    want = b._get_variance(tt, predicted_variance=pv, variance_type=kind)
+                    assert torch.equal(got, want), (t, kind)
+
+
+@pytest.mark.parametrize("set_alpha_to_one", [True, False])
+@pytest.mark.parametrize("beta", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+def test_ddim_get_variance_equals_diffusers(beta, set_alpha_to_one):
+    a = S.DDIMScheduler(beta_schedule=beta, set_alpha_to_one=set_alpha_to_one)
+    b = diffusers.DDIMScheduler(beta_schedule=beta, set_alpha_to_one=set_alpha_to_one)
+    for t, prev in [(999, 949), (500, 480), (20, -30), (0, -1), (1, 0)]:
+        for args in ((t, prev), (torch.tensor(t), torch.tensor(prev))):
+            assert torch.equal(a._get_variance(*args), b._get_variance(*args)), (t, prev)
 
 
 # ----------------------------------------------------------------------------- DDIM
@@ -254,8 +320,6 @@ def test_return_dict_false_and_skip_pred_x0():
 
 
 def test_bad_inputs_name_the_argument():
-    with pytest.raises(ValueError, match="variance_type"):
-        S.DDPMScheduler(variance_type="nope")
     with pytest.raises(ValueError, match="prediction_type"):
         S.DDPMScheduler(prediction_type="nope")
     with pytest.raises(NotImplementedError, match="sigmoid"):
