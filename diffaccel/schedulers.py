@@ -50,14 +50,15 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
-from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import functional as F
 from . import reference as ref
 from . import schedules
 
-__all__ = ["DDPMScheduler", "DDIMScheduler", "DDPMSchedulerOutput", "DDIMSchedulerOutput"]
+__all__ = ["DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
+           "DDPMSchedulerOutput", "DDIMSchedulerOutput", "SchedulerOutput"]
 
 _PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 _SPACINGS = schedules.TIMESTEP_SPACINGS
@@ -566,3 +567,645 @@ class DDIMScheduler(_FusedScheduler):
         if not return_dict:
             return prev_sample, x0
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+
+
+# =============================================================================== multistep solvers
+#: sigma spacings other than "at the grid's integer timesteps" (their sigmas are not abar[t])
+_SIGMA_SPACINGS = ("use_karras_sigmas", "use_lu_lambdas", "use_exponential_sigmas", "use_beta_sigmas")
+
+
+def _check_index_step(k: int, n: int) -> None:
+    if k >= n:
+        raise IndexError(f"step {k} past the end of the {n}-step schedule: call set_timesteps (or set_begin_index) again")
+
+
+class _MultistepScheduler(SchedulerMixin, ConfigMixin):
+    """What DPM-Solver++ and UniPC share: diffusers' tables, the sigma schedule, the step counter,
+    the model-output conversion and ``add_noise``.
+
+    The schedule is held twice: diffusers' float32 ``sigmas`` (its public attribute) and, per
+    step, the variance-preserving ``(alpha, sigma, lambda)`` in float64 on the host, from which
+    the general path's coefficients come. Where the schedule's sigmas are ``abar`` at integer
+    timesteps (no Karras / Lu / exponential / beta spacing), ``_grid`` holds those timesteps
+    (plus the final one: -1 for sigma 0, 0 for ``sigma_min``) and the common configs step
+    through the fused ops, which take ``abar`` and integer t.
+    """
+
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
+    order = 1
+
+    def _init_common(self) -> None:
+        c = self.config
+        if c.prediction_type not in _PREDICTION_TYPES:
+            if c.prediction_type == "flow_prediction":
+                raise NotImplementedError(f"prediction_type='flow_prediction' is not supported by diffaccel's "
+                                          f"{type(self).__name__}; use diffusers' class for flow models")
+            raise ValueError(f"prediction_type must be one of {_PREDICTION_TYPES}, got {c.prediction_type!r}")
+        if c.timestep_spacing not in _SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {_SPACINGS}, got {c.timestep_spacing!r}")
+        if c.final_sigmas_type not in ("zero", "sigma_min"):
+            raise ValueError(f"final_sigmas_type must be 'zero' or 'sigma_min', got {c.final_sigmas_type!r}")
+        if sum(bool(getattr(c, k, False)) for k in ("use_beta_sigmas", "use_exponential_sigmas", "use_karras_sigmas")) > 1:
+            raise ValueError("Only one of `config.use_beta_sigmas`, `config.use_exponential_sigmas`, "
+                             "`config.use_karras_sigmas` can be used.")
+        if c.use_flow_sigmas or c.use_dynamic_shifting:
+            raise NotImplementedError(f"use_flow_sigmas / use_dynamic_shifting are not supported by diffaccel's "
+                                      f"{type(self).__name__}; use diffusers' class for flow models")
+        if c.thresholding and not 0 <= c.dynamic_thresholding_ratio <= 1:
+            raise ValueError(f"dynamic_thresholding_ratio must be in [0, 1], got {c.dynamic_thresholding_ratio}")
+        self.betas = schedules.diffusers_betas(c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end,
+                                               c.trained_betas, c.rescale_betas_zero_snr, allowed=_SOLVER_BETAS,
+                                               owner=type(self).__name__)
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = schedules.alphas_cumprod(self.betas)
+        if c.rescale_betas_zero_snr:  # abar = 0 would make sigma infinite at the first step
+            self.alphas_cumprod[-1] = 2 ** -24
+        self.alpha_t = torch.sqrt(self.alphas_cumprod)
+        self.sigma_t = torch.sqrt(1 - self.alphas_cumprod)
+        self.lambda_t = torch.log(self.alpha_t) - torch.log(self.sigma_t)
+        self.sigmas = torch.from_numpy(schedules.sigmas_from_alphas_cumprod(self.alphas_cumprod))
+        self.init_noise_sigma = 1.0
+        self.num_inference_steps = None
+        T = c.num_train_timesteps
+        self.timesteps = torch.from_numpy(np.linspace(0, T - 1, T, dtype=np.float32)[::-1].copy())
+        self._begin_index: Optional[int] = None
+        self._abar_dev: Dict[torch.device, torch.Tensor] = {}
+        self._grid: Optional[List[int]] = None
+        #: False forces the general path (plain torch) for every config: for comparisons and debugging
+        self.use_fused_ops = hasattr(F, "dpmpp_2m_step")
+        self._reset_state()
+
+    def _reset_state(self) -> None:
+        self.model_outputs: List[Optional[torch.Tensor]] = [None] * self.config.solver_order
+        self.lower_order_nums = 0
+        self._step_index: Optional[int] = None
+
+    # ------------------------------------------------------------------ schedule
+    def _spaced_sigmas(self, timesteps: np.ndarray, n: int, round_karras: bool, sigma_min_last: bool):
+        """``(timesteps, sigmas)`` for the config's sigma spacing, diffusers' rules.
+
+        ``round_karras``: whether Karras / Lu timesteps are rounded (DPM-Solver keeps the cosine
+        schedule's fractional timesteps); ``sigma_min_last``: whether ``final_sigmas_type=
+        "sigma_min"`` means the spacing's own last sigma (UniPC) rather than ``abar[0]``'s.
+        """
+        c = self.config
+        table = schedules.sigmas_from_alphas_cumprod(self.alphas_cumprod)
+        log_sigmas = np.log(table)
+        cfg_min = getattr(c, "sigma_min", None)
+        cfg_max = getattr(c, "sigma_max", None)
+        lo = cfg_min if cfg_min is not None else table[0].item()
+        hi = cfg_max if cfg_max is not None else table[-1].item()
+        spaced = True
+        if c.use_karras_sigmas:
+            sigmas = schedules.karras_sigmas(lo, hi, n)
+            timesteps = schedules.sigma_to_t(sigmas, log_sigmas)
+            if round_karras:
+                timesteps = timesteps.round()
+        elif getattr(c, "use_lu_lambdas", False):
+            lambdas = schedules.lu_lambdas(log_sigmas[0].item(), log_sigmas[-1].item(), n)
+            sigmas = np.exp(lambdas)
+            timesteps = schedules.sigma_to_t(sigmas, log_sigmas)
+            if round_karras:
+                timesteps = timesteps.round()
+        elif c.use_exponential_sigmas:
+            sigmas = schedules.exponential_sigmas(lo, hi, n)
+            timesteps = schedules.sigma_to_t(sigmas, log_sigmas)
+        elif c.use_beta_sigmas:
+            sigmas = schedules.beta_sigmas(lo, hi, n)
+            timesteps = schedules.sigma_to_t(sigmas, log_sigmas)
+        else:
+            sigmas = np.interp(timesteps, np.arange(0, len(table)), table)
+            spaced = False
+        if c.final_sigmas_type == "zero":
+            last = 0.0
+        elif sigma_min_last and spaced:
+            last = float(sigmas[-1])
+        else:
+            last = float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5)
+        return timesteps, np.concatenate([sigmas, [last]]).astype(np.float32), spaced
+
+    def _install(self, timesteps: np.ndarray, sigmas: np.ndarray, spaced: bool, device) -> None:
+        """Install diffusers' attributes and the host step tables; decide whether the fused ops apply."""
+        self.sigmas = torch.from_numpy(sigmas)
+        self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
+        self.num_inference_steps = len(timesteps)
+        sig = sigmas.astype(np.float64)
+        alpha, sigma = schedules.sigma_to_alpha_sigma(sig)
+        with np.errstate(divide="ignore"):
+            lam = np.log(alpha) - np.log(sigma)  # +inf at sigma = 0
+        self._alpha, self._sigma, self._lambda = alpha, sigma, lam
+        self._grid = None
+        ts = self.timesteps.cpu().numpy()
+        if not spaced and np.all(ts >= 0) and np.all(ts < self.config.num_train_timesteps):
+            table = schedules.sigmas_from_alphas_cumprod(self.alphas_cumprod)
+            if np.array_equal(sigmas[:-1], table[ts].astype(np.float32)):
+                final = -1 if sigmas[-1] == 0 else 0  # sigma_min: abar[0]'s sigma
+                self._grid = [int(t) for t in ts] + [final]
+        self._reset_state()
+        self._begin_index = None
+
+    def _abar(self, device: torch.device) -> torch.Tensor:
+        tab = self._abar_dev.get(device)
+        if tab is None:  # once per device: the fused ops' abar table
+            tab = self._abar_dev[device] = self.alphas_cumprod.to(device=device, dtype=torch.float32)
+        return tab
+
+    # ------------------------------------------------------------------ step counter
+    @property
+    def step_index(self) -> Optional[int]:
+        return self._step_index
+
+    @property
+    def begin_index(self) -> Optional[int]:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Where in ``self.timesteps`` the loop starts (img2img pipelines call this)."""
+        self._begin_index = int(begin_index)
+
+    def index_for_timestep(self, timestep, schedule_timesteps: Optional[torch.Tensor] = None) -> int:
+        """The step index of ``timestep`` in the schedule: diffusers' rule (the second match
+        when it appears twice, the last step when it does not appear). Reads ``timestep`` on the host."""
+        sched = self.timesteps if schedule_timesteps is None else schedule_timesteps
+        hits = np.flatnonzero(sched.cpu().numpy() == int(timestep))
+        if len(hits) == 0:
+            return len(self.timesteps) - 1
+        return int(hits[1] if len(hits) > 1 else hits[0])
+
+    def _init_step_index(self, timestep) -> None:
+        self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
+
+    def _begin_step(self, timestep) -> int:
+        if self.num_inference_steps is None:
+            raise ValueError(
+                "Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+        if self._step_index is None:  # after the first step the timestep is not read again (no host sync)
+            self._init_step_index(timestep)
+        _check_index_step(self._step_index, len(self.timesteps))
+        return self._step_index
+
+    def scale_model_input(self, sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """The multistep solvers do not scale the model input."""
+        return sample
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    # ------------------------------------------------------------------ forward process
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """Forward process at the schedule's own sigma for each timestep (``alpha x0 + sigma noise``),
+        indexed as diffusers does (``begin_index`` / ``step_index`` win over the given timesteps)."""
+        sigmas = self.sigmas.to(device=original_samples.device, dtype=original_samples.dtype)
+        timesteps = torch.as_tensor(timesteps).reshape(-1)
+        if self._begin_index is None:
+            idx = [self.index_for_timestep(t) for t in timesteps.tolist()]
+        else:
+            idx = [self._step_index if self._step_index is not None else self._begin_index] * timesteps.shape[0]
+        sigma = sigmas[idx].flatten()
+        sigma = sigma.reshape(-1, *([1] * (original_samples.ndim - 1)))
+        alpha_t, sigma_t = schedules.sigma_to_alpha_sigma(sigma)
+        return alpha_t * original_samples + sigma_t * noise
+
+    # ------------------------------------------------------------------ model output
+    def _split_eps(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """The noise channels of a learned-variance output (eps first, as IF's UNet emits them)."""
+        if getattr(self.config, "variance_type", None) in ("learned", "learned_range") \
+                and model_output.shape[1] == 2 * sample.shape[1]:
+            return model_output[:, :sample.shape[1]]
+        return model_output
+
+    def _threshold(self, x0: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        return ref.dynamic_threshold_(x0.float(), c.dynamic_thresholding_ratio, c.sample_max_value).to(x0.dtype)
+
+    def _fused_threshold(self) -> Optional[dict]:
+        """The fused ops' bound for this config, or None when they cannot take it."""
+        c = self.config
+        if not c.thresholding:
+            return {}
+        if 0 < c.dynamic_thresholding_ratio <= 1 and c.sample_max_value >= 1:
+            return {"dynamic_threshold": (c.dynamic_thresholding_ratio, c.sample_max_value)}
+        return None
+
+    def _data_prediction(self, model_output: torch.Tensor, sample: torch.Tensor, k: int) -> torch.Tensor:
+        """x0 from the model output at step k (thresholded when configured): DPM-Solver++'s and UniPC's
+        data prediction (Lu et al. 2022, eq. 9)."""
+        a, s = float(self._alpha[k]), float(self._sigma[k])
+        kind = self.config.prediction_type
+        if kind == "epsilon":
+            x0 = (sample - s * self._split_eps(model_output, sample)) / a
+        elif kind == "sample":
+            x0 = model_output
+        else:  # v_prediction: x0 = alpha x_t - sigma v
+            x0 = a * sample - s * model_output
+        return self._threshold(x0) if self.config.thresholding else x0
+
+    def _noise_prediction(self, model_output: torch.Tensor, sample: torch.Tensor, k: int,
+                          threshold: bool = True) -> torch.Tensor:
+        """eps from the model output at step k (the noise-prediction solvers' model output); with
+        thresholding (and ``threshold``: UniPC never thresholds eps), eps is re-derived from the
+        thresholded x0."""
+        a, s = float(self._alpha[k]), float(self._sigma[k])
+        kind = self.config.prediction_type
+        if kind == "epsilon":
+            eps = self._split_eps(model_output, sample)
+        elif kind == "sample":
+            eps = (sample - a * model_output) / s
+        else:
+            eps = a * model_output + s * sample
+        if self.config.thresholding and threshold:
+            x0 = self._threshold((sample - s * eps) / a)
+            eps = (sample - a * x0) / s
+        return eps
+
+    def _push(self, m: torch.Tensor) -> None:
+        self.model_outputs = self.model_outputs[1:] + [m]
+
+    @staticmethod
+    def _combine(terms, dtype) -> torch.Tensor:
+        """``sum c_i x_i`` in float32 over (coefficient, tensor) pairs, zero coefficients skipped."""
+        out = None
+        for c, x in terms:
+            if c == 0 or x is None:
+                continue
+            out = x.float() * float(c) if out is None else out.add(x.float(), alpha=float(c))
+        return out.to(dtype)
+
+
+class DPMSolverMultistepScheduler(_MultistepScheduler):
+    """diffusers' ``DPMSolverMultistepScheduler`` (DPM-Solver and DPM-Solver++, Lu et al. 2022a/b).
+
+    Same arguments and config as diffusers 0.42.1. DPM-Solver++ (data prediction, "midpoint"),
+    orders 1-2, ``prediction_type="epsilon"`` (learned-variance outputs included), with or without
+    dynamic thresholding, on a schedule whose sigmas sit at integer timesteps (no Karras / Lu /
+    exponential / beta spacing) steps as one :func:`diffaccel.functional.dpmpp_2m_step`
+    (Lu et al. 2022b, Alg. 2). Every other config (order 3, "heun", the SDE variants, the
+    noise-prediction "dpmsolver" types, other prediction types and spacings) steps on the general
+    path: the solver's update as per-step coefficients computed on the host in float64, applied in
+    float32 with plain torch. Not supported (raise): flow sigmas / flow prediction / dynamic shifting.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: Optional[Union[np.ndarray, List[float]]] = None,
+        solver_order: int = 2,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        algorithm_type: str = "dpmsolver++",
+        solver_type: str = "midpoint",
+        lower_order_final: bool = True,
+        euler_at_final: bool = False,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        use_lu_lambdas: bool = False,
+        use_flow_sigmas: bool = False,
+        flow_shift: float = 1.0,
+        final_sigmas_type: str = "zero",
+        lambda_min_clipped: float = -float("inf"),
+        variance_type: Optional[str] = None,
+        timestep_spacing: str = "linspace",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+        use_dynamic_shifting: bool = False,
+        time_shift_type: str = "exponential",
+    ):
+        if solver_order not in (1, 2, 3):
+            raise ValueError(f"solver_order must be 1, 2 or 3, got {solver_order!r}")
+        if algorithm_type == "deis":  # diffusers maps it to dpmsolver++
+            self.register_to_config(algorithm_type="dpmsolver++")
+        elif algorithm_type not in ("dpmsolver", "dpmsolver++", "sde-dpmsolver", "sde-dpmsolver++"):
+            raise NotImplementedError(f"algorithm_type {algorithm_type!r} is not implemented for {type(self).__name__}")
+        if solver_type in ("logrho", "bh1", "bh2"):  # UniPC / DEIS names, mapped as diffusers does
+            self.register_to_config(solver_type="midpoint")
+        elif solver_type not in ("midpoint", "heun"):
+            raise NotImplementedError(f"solver_type {solver_type!r} is not implemented for {type(self).__name__}")
+        if algorithm_type not in ("dpmsolver++", "sde-dpmsolver++") and final_sigmas_type == "zero":
+            raise ValueError(f"`final_sigmas_type` {final_sigmas_type} is not supported for `algorithm_type` "
+                             f"{algorithm_type}. Please choose `sigma_min` instead.")
+        self._init_common()
+
+    def set_timesteps(self, num_inference_steps: Optional[int] = None, device: Union[str, torch.device, None] = None,
+                      mu: Optional[float] = None, timesteps: Optional[List[int]] = None) -> None:
+        """The inference timesteps and sigmas (``timestep_spacing`` / sigma spacing rules, or custom timesteps)."""
+        c = self.config
+        if mu is not None:
+            raise NotImplementedError("mu (dynamic shifting) is for flow models: use diffusers' class")
+        if num_inference_steps is None and timesteps is None:
+            raise ValueError("Must pass exactly one of `num_inference_steps` or `timesteps`.")
+        if num_inference_steps is not None and timesteps is not None:
+            raise ValueError("Can only pass one of `num_inference_steps` or `custom_timesteps`.")
+        if timesteps is not None:
+            for flag in _SIGMA_SPACINGS:
+                if getattr(c, flag):
+                    raise ValueError(f"Cannot use `timesteps` with `config.{flag} = True`")
+            ts = np.array(timesteps).astype(np.int64)
+            n = len(ts)
+        else:
+            if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) \
+                    or num_inference_steps < 1:
+                raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
+            n = int(num_inference_steps)
+            clipped = int(torch.searchsorted(torch.flip(self.lambda_t, [0]), c.lambda_min_clipped))
+            ts = schedules.spaced_timesteps(c.timestep_spacing, c.num_train_timesteps, n, c.steps_offset,
+                                            solver_grid=True, last_timestep=c.num_train_timesteps - clipped)
+        round_ts = c.beta_schedule != "squaredcos_cap_v2"
+        ts, sigmas, spaced = self._spaced_sigmas(ts, n, round_karras=round_ts, sigma_min_last=False)
+        self._install(ts, sigmas, spaced, device)
+
+    # ------------------------------------------------------------------ the update
+    def _order(self, k: int) -> int:
+        c, n = self.config, len(self.timesteps)
+        final = k == n - 1 and (c.euler_at_final or (c.lower_order_final and n < 15) or c.final_sigmas_type == "zero")
+        second = k == n - 2 and c.lower_order_final and n < 15
+        if c.solver_order == 1 or self.lower_order_nums < 1 or final:
+            return 1
+        if c.solver_order == 2 or self.lower_order_nums < 2 or second:
+            return 2
+        return 3
+
+    def _coefficients(self, k: int, order: int):
+        """``x_prev = cx x + cm[0] m_k + cm[1] m_{k-1} + cm[2] m_{k-2} + cn noise`` for step k.
+
+        DPM-Solver++ (Lu et al. 2022b, eqs. 8-9 and its multistep / SDE variants) with the model
+        outputs m = x0; DPM-Solver (Lu et al. 2022a) with m = eps; "midpoint" / "heun" second
+        order and the third-order multistep update, as diffusers writes them, in float64.
+        """
+        alg, mid = self.config.algorithm_type, self.config.solver_type == "midpoint"
+        lam, a, s = self._lambda, self._alpha, self._sigma
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            h = lam[k + 1] - lam[k]
+            m = np.zeros((3, 3))  # rows: D0, D1, D2 as combinations of (m_k, m_{k-1}, m_{k-2})
+            m[0, 0] = 1
+            if order >= 2:
+                r0 = (lam[k] - lam[k - 1]) / h
+                d10 = np.array([1 / r0, -1 / r0, 0])
+                m[1] = d10
+            if order == 3:
+                r1 = (lam[k - 1] - lam[k - 2]) / h
+                d11 = np.array([0, 1 / r1, -1 / r1])
+                m[1] = d10 + r0 / (r0 + r1) * (d10 - d11)
+                m[2] = (d10 - d11) / (r0 + r1)
+            at, st = a[k + 1], s[k + 1]
+            em, ep = np.expm1(-h), np.expm1(h)
+            e2 = -np.expm1(-2.0 * h)  # 1 - exp(-2h)
+            cn = 0.0
+            if alg == "dpmsolver++":
+                cx, k0 = st / s[k], -at * em
+                k1 = -0.5 * at * em if (order == 2 and mid) else at * (em / h + 1.0)
+                k2 = -at * ((em + h) / h ** 2 - 0.5)
+            elif alg == "sde-dpmsolver++":
+                cx, k0 = st / s[k] * np.exp(-h), at * e2
+                k1 = 0.5 * at * e2 if (order == 2 and mid) else at * (e2 / (-2.0 * h) + 1.0)
+                k2 = at * ((e2 - 2.0 * h) / (2.0 * h) ** 2 - 0.5)
+                cn = st * np.sqrt(e2)
+            elif alg == "dpmsolver":
+                cx, k0 = at / a[k], -st * ep
+                k1 = -0.5 * st * ep if (order == 2 and mid) else -st * (ep / h - 1.0)
+                k2 = -st * ((ep - h) / h ** 2 - 0.5)
+            else:  # sde-dpmsolver
+                if order == 3:
+                    raise NotImplementedError("algorithm_type='sde-dpmsolver' has no third-order update (diffusers neither)")
+                cx, k0 = at / a[k], -2.0 * st * ep
+                k1 = -st * ep if mid else -2.0 * st * (ep / h - 1.0)
+                k2 = 0.0
+                cn = st * np.sqrt(np.expm1(2 * h))
+            ks = np.array([k0, k1 if order >= 2 else 0.0, k2 if order == 3 else 0.0])
+            cm = ks @ m
+        return float(cx), [float(v) for v in cm], float(cn)
+
+    def _fused_ok(self, order: int, sample: torch.Tensor) -> Optional[dict]:
+        c = self.config
+        if (not self.use_fused_ops or self._grid is None or order > 2 or c.algorithm_type != "dpmsolver++" or c.solver_type != "midpoint"
+                or c.prediction_type != "epsilon" or sample.ndim != 4):
+            return None
+        return self._fused_threshold()
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator: Optional[torch.Generator] = None,
+             variance_noise: Optional[torch.Tensor] = None, return_dict: bool = True):
+        """One multistep DPM-Solver step from the current step's timestep to the next (diffusers' semantics:
+        the step counter, not ``timestep``, says where in the schedule the step is after the first call)."""
+        if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):
+            raise TypeError("model_output and sample must be torch.Tensors")
+        k = self._begin_step(timestep)
+        order = self._order(k)
+        bounds = self._fused_ok(order, sample)
+        if bounds is not None:
+            grid, abar = self._grid, self._abar(sample.device)
+            second = order == 2
+            prev_sample, x0 = F.dpmpp_2m_step(
+                sample, self._split_eps(model_output, sample), abar, grid[k], grid[k + 1],
+                x0_prev=self.model_outputs[-1] if second else None, t_last=grid[k - 1] if second else None, **bounds)
+            self._push(x0)
+        else:
+            sde = self.config.algorithm_type.startswith("sde")
+            if self.config.algorithm_type.endswith("++"):
+                m = self._data_prediction(model_output, sample, k)
+            else:
+                m = self._noise_prediction(model_output, sample, k)
+            self._push(m)
+            noise = None
+            if sde:
+                noise = variance_noise.to(device=m.device, dtype=torch.float32) if variance_noise is not None else \
+                    randn_tensor(m.shape, generator=generator, device=m.device, dtype=torch.float32)
+            cx, cm, cn = self._coefficients(k, order)
+            hist = self.model_outputs[::-1]  # m_k, m_{k-1}, m_{k-2}
+            prev_sample = self._combine([(cx, sample)] + list(zip(cm, hist)) + [(cn, noise)], m.dtype)
+        if self.lower_order_nums < self.config.solver_order:
+            self.lower_order_nums += 1
+        self._step_index += 1
+        if not return_dict:
+            return (prev_sample,)
+        return SchedulerOutput(prev_sample=prev_sample)
+
+
+class UniPCMultistepScheduler(_MultistepScheduler):
+    """diffusers' ``UniPCMultistepScheduler`` (UniPC, Zhao et al. 2023: the UniC corrector after each
+    model evaluation, then the UniP predictor).
+
+    Same arguments and config as diffusers 0.42.1. Data prediction with B(h) = expm1(-h) ("bh2"),
+    predictor and corrector orders 1-2, ``prediction_type="epsilon"``, with or without dynamic
+    thresholding, on a schedule at integer timesteps, steps as one :func:`diffaccel.functional.unipc_step`
+    (corrector, then predictor). Everything else (order 3, "bh1", noise prediction, other prediction
+    types and spacings, ``solver_p``) steps on the general path: the UniP / UniC coefficients (the
+    small linear system for rho solved on the host in float64), applied in float32 with plain torch.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: Optional[Union[np.ndarray, List[float]]] = None,
+        solver_order: int = 2,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        predict_x0: bool = True,
+        solver_type: str = "bh2",
+        lower_order_final: bool = True,
+        disable_corrector: List[int] = [],  # noqa: B006 - diffusers' signature (and config value)
+        solver_p: SchedulerMixin = None,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        use_flow_sigmas: bool = False,
+        flow_shift: float = 1.0,
+        timestep_spacing: str = "linspace",
+        steps_offset: int = 0,
+        final_sigmas_type: str = "zero",
+        rescale_betas_zero_snr: bool = False,
+        use_dynamic_shifting: bool = False,
+        time_shift_type: str = "exponential",
+        sigma_min: Optional[float] = None,
+        sigma_max: Optional[float] = None,
+        shift_terminal: Optional[float] = None,
+    ):
+        if isinstance(solver_order, bool) or not isinstance(solver_order, int) or solver_order < 1:
+            raise ValueError(f"solver_order must be a positive int, got {solver_order!r}")
+        if solver_type in ("midpoint", "heun", "logrho"):  # DPM-Solver / DEIS names, mapped as diffusers does
+            self.register_to_config(solver_type="bh2")
+        elif solver_type not in ("bh1", "bh2"):
+            raise NotImplementedError(f"solver_type {solver_type!r} is not implemented for {type(self).__name__}")
+        if shift_terminal is not None and not use_flow_sigmas:
+            raise ValueError("`shift_terminal` is only supported when `use_flow_sigmas=True`.")
+        self.predict_x0 = predict_x0
+        self.disable_corrector = disable_corrector
+        self.solver_p = solver_p
+        self._init_common()
+
+    def _reset_state(self) -> None:
+        super()._reset_state()
+        self.timestep_list = [None] * self.config.solver_order
+        self.last_sample: Optional[torch.Tensor] = None
+        self.this_order = 0
+
+    def set_timesteps(self, num_inference_steps: Optional[int] = None, device: Union[str, torch.device, None] = None,
+                      sigmas: Optional[List[float]] = None, mu: Optional[float] = None) -> None:
+        """The inference timesteps and sigmas (``timestep_spacing`` / sigma spacing rules)."""
+        c = self.config
+        if sigmas is not None:
+            raise ValueError("Passing `sigmas` is only supported when `use_flow_sigmas=True` "
+                             "(flow models: use diffusers' class).")
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) \
+                or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
+        n = int(num_inference_steps)
+        ts = schedules.spaced_timesteps(c.timestep_spacing, c.num_train_timesteps, n, c.steps_offset, solver_grid=True)
+        ts, sig, spaced = self._spaced_sigmas(ts, n, round_karras=True, sigma_min_last=True)
+        self._install(ts, sig, spaced, device)
+        if self.solver_p:
+            self.solver_p.set_timesteps(self.num_inference_steps, device=device)
+
+    # ------------------------------------------------------------------ the update
+    def _rhos(self, h: float, rks: np.ndarray, order: int, corrector: bool):
+        """UniPC's B(h), h phi_1(h) and the rho weights (Zhao et al. 2023, Alg. 2 / eq. 9)."""
+        hh = -h if self.predict_x0 else h
+        h_phi_1 = np.expm1(hh)
+        b_h = hh if self.config.solver_type == "bh1" else np.expm1(hh)
+        h_phi_k, fact = h_phi_1 / hh - 1, 1
+        rows, b = [], []
+        for i in range(1, order + 1):
+            rows.append(rks ** (i - 1))
+            b.append(h_phi_k * fact / b_h)
+            fact *= i + 1
+            h_phi_k = h_phi_k / hh - 1 / fact
+        R, b = np.stack(rows), np.array(b)
+        if corrector:
+            rhos = np.array([0.5]) if order == 1 else np.linalg.solve(R, b)
+        elif order == 2:
+            rhos = np.array([0.5])
+        elif order > 2:
+            rhos = np.linalg.solve(R[:-1, :-1], b[:-1])
+        else:
+            rhos = np.zeros(0)
+        return h_phi_1, b_h, rhos
+
+    def _uni_coefficients(self, t_idx: int, s_idx: int, order: int, corrector: bool):
+        """UniP (``corrector=False``: from step s to s + 1) or UniC (from the last sample at step s to t = s + 1,
+        with the new model output) as ``(cx, [c_m0, c_m1, ...], c_model_t)``; m_j = the model output j steps back."""
+        lam = self._lambda
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            h = lam[t_idx] - lam[s_idx]
+            rks = np.array([(lam[s_idx - i] - lam[s_idx]) / h for i in range(1, order)] + [1.0])
+            h_phi_1, b_h, rhos = self._rhos(h, rks, order, corrector)
+            scale = self._alpha[t_idx] if self.predict_x0 else self._sigma[t_idx]
+            cx = (self._sigma[t_idx] / self._sigma[s_idx]) if self.predict_x0 else (self._alpha[t_idx] / self._alpha[s_idx])
+            n_hist = order - 1
+            cm = np.zeros(max(n_hist, 0) + 1)
+            cm[0] = -scale * h_phi_1
+            for i in range(n_hist):  # D1_i = (m_{i+1} - m_0) / r_i, weighted by rho_i
+                w = -scale * b_h * rhos[i] / rks[i]
+                cm[i + 1] += w
+                cm[0] -= w
+            c_t = 0.0
+            if corrector:  # D1_t = model_t - m_0, weighted by the last rho
+                c_t = -scale * b_h * rhos[-1]
+                cm[0] -= c_t
+        return float(cx), [float(v) for v in cm], float(c_t)
+
+    def _fused_ok(self, order: int, corr_order: int, sample: torch.Tensor) -> Optional[dict]:
+        c = self.config
+        if (not self.use_fused_ops or self._grid is None or order > 2 or corr_order > 2 or not self.predict_x0 or c.solver_type != "bh2"
+                or c.prediction_type != "epsilon" or self.solver_p is not None or sample.ndim != 4):
+            return None
+        return self._fused_threshold()
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True):
+        """One UniPC step: correct the current sample with the new model output (UniC), then predict
+        the next one (UniP), as diffusers' ``step``."""
+        if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):
+            raise TypeError("model_output and sample must be torch.Tensors")
+        k = self._begin_step(timestep)
+        n = len(self.timesteps)
+        use_corrector = k > 0 and (k - 1) not in self.disable_corrector and self.last_sample is not None
+        order = min(self.config.solver_order, n - k) if self.config.lower_order_final else self.config.solver_order
+        order = min(order, self.lower_order_nums + 1)  # warm-up of the multistep history
+        corr_order = self.this_order if use_corrector else 0
+        bounds = self._fused_ok(order, corr_order, sample)
+        if bounds is not None:
+            grid, abar = self._grid, self._abar(sample.device)
+            need_prev = use_corrector or order == 2
+            prev_sample, x0, x_corr = F.unipc_step(
+                sample, self._split_eps(model_output, sample), abar, grid[k], grid[k + 1],
+                x0_prev=self.model_outputs[-1] if need_prev else None, t_last=grid[k - 1] if need_prev else None,
+                x_last=self.last_sample if use_corrector else None,
+                x0_prev2=self.model_outputs[-2] if corr_order == 2 else None,
+                t_last2=grid[k - 2] if corr_order == 2 else None, predictor_order=order, **bounds)
+            self._push(x0)
+            self.last_sample = x_corr
+        else:
+            if self.predict_x0:
+                m = self._data_prediction(model_output, sample, k)
+            else:
+                m = self._noise_prediction(model_output, sample, k, threshold=False)
+            if use_corrector:  # UniC: the last sample, corrected with this model output
+                cx, cm, c_t = self._uni_coefficients(k, k - 1, corr_order, corrector=True)
+                hist = self.model_outputs[::-1]
+                sample = self._combine([(cx, self.last_sample)] + list(zip(cm, hist)) + [(c_t, m)], sample.dtype)
+            self._push(m)
+            self.timestep_list = self.timestep_list[1:] + [timestep]
+            self.last_sample = sample
+            if self.solver_p:
+                prev_sample = self.solver_p.step(model_output, self.timestep_list[-1], sample).prev_sample
+            else:  # UniP from this step to the next
+                cx, cm, _ = self._uni_coefficients(k + 1, k, order, corrector=False)
+                hist = self.model_outputs[::-1]
+                prev_sample = self._combine([(cx, sample)] + list(zip(cm, hist)), sample.dtype)
+        self.this_order = order
+        if self.lower_order_nums < self.config.solver_order:
+            self.lower_order_nums += 1
+        self._step_index += 1
+        if not return_dict:
+            return (prev_sample,)
+        return SchedulerOutput(prev_sample=prev_sample)
