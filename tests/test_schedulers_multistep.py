@@ -327,3 +327,55 @@ def test_bad_inputs_name_the_argument():
         s.step(x, t, x)
     with pytest.raises(IndexError, match="set_timesteps"):
         s.step(x, s.timesteps[-1], x)
+
+
+# ----------------------------------------------------------------------------- IF pipelines
+@pytest.fixture(scope="module")
+def if_parts():
+    from test_schedulers import _tiny_if_unet
+
+    unet = _tiny_if_unet()
+    g = torch.Generator().manual_seed(0)
+    emb, neg = torch.randn(2, 1, 5, 8, generator=g).unbind(0)
+    return unet, emb, neg
+
+
+@pytest.mark.parametrize("pipeline", ["IFPipeline", "IFImg2ImgPipeline", "IFInpaintingPipeline"])
+@pytest.mark.parametrize("scheduler", ["dpm", "unipc"])
+def test_if_pipelines_same_images(if_parts, pipeline, scheduler, monkeypatch):
+    """IF's stage-I config (thresholding 0.95 / 1.5) in diffusers' IF pipelines, on the fused path."""
+    from test_schedulers import IF_STAGE_I_CONFIG, _run_if
+
+    from diffaccel import functional as F
+
+    unet, emb, neg = if_parts
+    cls = getattr(diffusers, pipeline)
+    cfg = {k: v for k, v in IF_STAGE_I_CONFIG.items() if not k.startswith("_")}
+    if scheduler == "dpm":  # keeps learned_range: the scheduler drops the variance channels itself
+        theirs = diffusers.DPMSolverMultistepScheduler.from_config(cfg)
+        ours = S.DPMSolverMultistepScheduler.from_config(theirs.config)
+        op = "dpmpp_2m_step"
+    else:  # diffusers' UniPC cannot take the variance channels: the pipeline drops them (fixed_small)
+        theirs = diffusers.UniPCMultistepScheduler.from_config({**cfg, "variance_type": "fixed_small"})
+        ours = S.UniPCMultistepScheduler.from_config(theirs.config)
+        op = "unipc_step"
+    calls = []
+    real = getattr(F, op)
+    monkeypatch.setattr(F, op, lambda *a, **k: calls.append(1) or real(*a, **k))
+    kw = {}
+    g = torch.Generator().manual_seed(7)
+    if pipeline != "IFPipeline":
+        kw["image"] = torch.rand(1, 3, 16, 16, generator=g) * 2 - 1
+        kw["strength"] = 0.7
+    else:
+        kw.update(height=16, width=16)
+    if pipeline == "IFInpaintingPipeline":
+        mask = torch.zeros(1, 1, 16, 16)
+        mask[..., :, 8:] = 1
+        kw["mask_image"] = mask
+    ref_img = _run_if(cls, unet, theirs, emb, neg, **kw)
+    our_img = _run_if(cls, unet, ours, emb, neg, **kw)
+    assert calls, "the IF config must step on the fused op"
+    assert torch.isfinite(ref_img).all()
+    # as the DDPM/DDIM pipeline tests: ~1 ulp per step, amplified by the random UNet and guidance
+    torch.testing.assert_close(our_img, ref_img, atol=1e-3, rtol=0)
