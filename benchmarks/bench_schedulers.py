@@ -9,6 +9,10 @@
     thresholding 0.95 / 1.5), 64x64 and 256x256, batch 1 and 8: diffusers' vs ours as a
     pipeline uses it (``prev_sample`` read; ``pred_original_sample`` is computed only when read)
     and ours with ``pred_original_sample`` read too (diffusers always computes both).
+(c) ``DPMSolverMultistepScheduler.step`` / ``UniPCMultistepScheduler.step`` alone with IF stage I's
+    config (dynamic thresholding 0.95 / 1.5; DPM-Solver++ with the learned-range channels),
+    second order (UniPC: corrector + predictor), same sizes: diffusers' vs ours (fused op).
+    ``--only-solvers`` runs just this part.
 (b) A 30-step CFG sampling loop (guidance 7, learned variance) at 64x64, batch 1, with a model
     that costs nothing (it returns fixed precomputed tensors):
     diffusers' ``IFPipeline.__call__`` with its scheduler, the same pipeline with ours, and
@@ -93,6 +97,48 @@ def bench_step(device, size, batch, quick):
                 out.pred_original_sample
 
         rows[name] = timeit(one, device, min_time=0.15 if quick else 0.5)
+    return rows
+
+
+# ----------------------------------------------------------------------------- (c) multistep solvers
+#: IF's stage-I scheduler config as diffusers' multistep solvers load it (``from_config``)
+SOLVER_CONFIG = {k: IF_CONFIG[k] for k in ("beta_schedule", "beta_start", "beta_end", "num_train_timesteps",
+                                           "prediction_type", "thresholding", "dynamic_thresholding_ratio",
+                                           "sample_max_value")}
+SOLVERS = {
+    "DPMSolverMultistepScheduler": (diffusers.DPMSolverMultistepScheduler, S.DPMSolverMultistepScheduler,
+                                    dict(SOLVER_CONFIG, variance_type="learned_range", solver_order=2)),
+    "UniPCMultistepScheduler": (diffusers.UniPCMultistepScheduler, S.UniPCMultistepScheduler,
+                                dict(SOLVER_CONFIG, solver_order=2)),
+}
+
+
+def bench_solver_step(device, size, batch, quick, name):
+    """One second-order step (UniPC: corrector + predictor) in the middle of a 20-step schedule.
+
+    The multistep history is warmed by two real steps; each timed call then rewinds the step
+    counter to the same step, so every call is the same steady-state update (the history
+    buffers rotate but keep their shapes). Returns seconds per step for diffusers' class and ours.
+    """
+    theirs_cls, ours_cls, cfg = SOLVERS[name]
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(batch, 3, size, size, device=device, generator=g)
+    eps = torch.randn(batch, 3, size, size, device=device, generator=g)
+    mo = torch.cat([eps, torch.rand(batch, 3, size, size, device=device, generator=g) * 2 - 1], 1) \
+        if cfg.get("variance_type") == "learned_range" else eps
+    rows = {}
+    for label, cls in (("diffusers", theirs_cls), ("diffaccel", ours_cls)):
+        s = cls.from_config(cfg)
+        s.set_timesteps(20, device=device)
+        for t in s.timesteps[:2]:  # warm the history: the next steps are second order
+            s.step(mo, t, x)
+        k, t = 2, s.timesteps[2]
+
+        def one(s=s, t=t, k=k):
+            s._step_index = k
+            s.step(mo, t, x)
+
+        rows[label] = timeit(one, device, min_time=0.15 if quick else 0.5)
     return rows
 
 
@@ -186,6 +232,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only-solvers", action="store_true", help="run only (c), the multistep solvers' step")
     ap.add_argument("--json", default=None, help="where to write results (default benchmarks/results/schedulers-<device>.json)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -194,16 +241,31 @@ def main(argv=None):
     results = {"machine": machine(device), "step": [], "loop": {}}
 
     print(f"# diffaccel schedulers vs diffusers on {device} ({results['machine']['backends']})\n")
-    print("## (a) DDPMScheduler.step, IF stage I config (learned range + dynamic thresholding)\n")
-    print("| size | batch | diffusers (ms) | diffaccel (ms) | speed-up | diffaccel + pred_original_sample read (ms) | speed-up |")
-    print("|---|---|---|---|---|---|---|")
-    for size in (64, 256):
+    if not args.only_solvers:
+        print("## (a) DDPMScheduler.step, IF stage I config (learned range + dynamic thresholding)\n")
+        print("| size | batch | diffusers (ms) | diffaccel (ms) | speed-up | diffaccel + pred_original_sample read (ms) | speed-up |")
+        print("|---|---|---|---|---|---|---|")
+    for size in (64, 256) if not args.only_solvers else ():
         for batch in (1, 8):
             r = bench_step(device, size, batch, args.quick)
             d, o, lite = r["diffusers"], r["diffaccel"], r["diffaccel, + pred_original_sample"]
             print(f"| {size}x{size} | {batch} | {d * 1e3:.3f} | {o * 1e3:.3f} | {d / o:.1f}x | {lite * 1e3:.3f} | {d / lite:.1f}x |",
                   flush=True)
             results["step"].append({"size": size, "batch": batch, **{k: v for k, v in r.items()}})
+
+    print("\n## (c) multistep solvers' step, IF stage I config (dynamic thresholding 0.95 / 1.5), second order\n")
+    print("| scheduler | size | batch | diffusers (ms) | diffaccel (ms) | speed-up |")
+    print("|---|---|---|---|---|---|")
+    results["solver_step"] = []
+    for name in SOLVERS:
+        for size in (64, 256):
+            for batch in (1, 8):
+                r = bench_solver_step(device, size, batch, args.quick, name)
+                d, o = r["diffusers"], r["diffaccel"]
+                print(f"| {name} | {size}x{size} | {batch} | {d * 1e3:.3f} | {o * 1e3:.3f} | {d / o:.1f}x |", flush=True)
+                results["solver_step"].append({"scheduler": name, "size": size, "batch": batch, **r})
+    if args.only_solvers:
+        return _write(results, args, device)
 
     print(f"\n## (b) {STEPS}-step CFG loop (guidance {GUIDANCE}, learned range), 64x64, batch 1, zero-cost model\n")
     rows, check = bench_loop(device, 64, 1, args.quick)
@@ -215,6 +277,10 @@ def main(argv=None):
     print(f"\nmax |image difference| fused loop vs diffusers pipeline: {check:.2e}")
     results["loop"] = {"seconds": rows, "max_abs_image_diff_fused_vs_diffusers": check}
 
+    _write(results, args, device)
+
+
+def _write(results, args, device):
     path = Path(args.json) if args.json else Path(__file__).resolve().parent / "results" / f"schedulers-{device.type}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))

@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import diffaccel  # noqa: E402
 from diffaccel import functional as F  # noqa: E402
 from diffaccel import reference as ref  # noqa: E402
+from diffaccel.schedules import ddpm_linear_schedule  # noqa: E402
 
 T = 1000
 SCALE = 7.5
@@ -74,8 +75,7 @@ def _images(*names, mask=False, pv=False):
             d["pv"] = (torch.rand(*shape, generator=g) * 2 - 1).to(device, dtype)
         if mask:
             d["mask"] = (torch.rand(n, 1, *shape[2:], generator=g) > 0.5).to(device, dtype)
-        betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
-        d["abar"] = torch.cumprod(1 - betas, 0).to(device, torch.float32)
+        d["abar"] = ddpm_linear_schedule(T, 1e-4, 0.02)[2].to(device)
         # Per-sample timesteps spread over the schedule; a strided step back of 30 (SPEC A1.4).
         t = torch.linspace(30, T - 1, n).long()
         d["t"], d["t_prev"] = t.to(device), (t - 30).to(device)

@@ -632,7 +632,7 @@ class _MultistepScheduler(SchedulerMixin, ConfigMixin):
         self._abar_dev: Dict[torch.device, torch.Tensor] = {}
         self._grid: Optional[List[int]] = None
         #: False forces the general path (plain torch) for every config: for comparisons and debugging
-        self.use_fused_ops = hasattr(F, "dpmpp_2m_step")
+        self.use_fused_ops = True
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -689,6 +689,8 @@ class _MultistepScheduler(SchedulerMixin, ConfigMixin):
         self.sigmas = torch.from_numpy(sigmas)
         self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)
         self.num_inference_steps = len(timesteps)
+        # read here, not in __init__: from_config adds a foreign config's variance_type after it
+        self._learned_variance = getattr(self.config, "variance_type", None) in ("learned", "learned_range")
         sig = sigmas.astype(np.float64)
         alpha, sigma = schedules.sigma_to_alpha_sigma(sig)
         with np.errstate(divide="ignore"):
@@ -741,7 +743,7 @@ class _MultistepScheduler(SchedulerMixin, ConfigMixin):
                 "Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
         if self._step_index is None:  # after the first step the timestep is not read again (no host sync)
             self._init_step_index(timestep)
-        _check_index_step(self._step_index, len(self.timesteps))
+        _check_index_step(self._step_index, self.num_inference_steps)
         return self._step_index
 
     def scale_model_input(self, sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -769,9 +771,9 @@ class _MultistepScheduler(SchedulerMixin, ConfigMixin):
     # ------------------------------------------------------------------ model output
     def _split_eps(self, model_output: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """The noise channels of a learned-variance output (eps first, as IF's UNet emits them)."""
-        if getattr(self.config, "variance_type", None) in ("learned", "learned_range") \
-                and model_output.shape[1] == 2 * sample.shape[1]:
-            return model_output[:, :sample.shape[1]]
+        c = sample.shape[1]
+        if self._learned_variance and model_output.shape[1] == 2 * c:
+            return model_output[:, :c]
         return model_output
 
     def _threshold(self, x0: torch.Tensor) -> torch.Tensor:
@@ -922,7 +924,7 @@ class DPMSolverMultistepScheduler(_MultistepScheduler):
 
     # ------------------------------------------------------------------ the update
     def _order(self, k: int) -> int:
-        c, n = self.config, len(self.timesteps)
+        c, n = self.config, self.num_inference_steps
         final = k == n - 1 and (c.euler_at_final or (c.lower_order_final and n < 15) or c.final_sigmas_type == "zero")
         second = k == n - 2 and c.lower_order_final and n < 15
         if c.solver_order == 1 or self.lower_order_nums < 1 or final:
@@ -1167,7 +1169,7 @@ class UniPCMultistepScheduler(_MultistepScheduler):
         if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):
             raise TypeError("model_output and sample must be torch.Tensors")
         k = self._begin_step(timestep)
-        n = len(self.timesteps)
+        n = self.num_inference_steps
         use_corrector = k > 0 and (k - 1) not in self.disable_corrector and self.last_sample is not None
         order = min(self.config.solver_order, n - k) if self.config.lower_order_final else self.config.solver_order
         order = min(order, self.lower_order_nums + 1)  # warm-up of the multistep history
