@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""diffaccel's drop-in schedulers against diffusers' own, side by side in one run (issue 4 targets).
+"""diffaccel's drop-in schedulers against diffusers' own, side by side in one run (SPEC: the step targets).
 
     python benchmarks/bench_schedulers.py                 # CPU
     python benchmarks/bench_schedulers.py --device cuda --json sched-h100.json

@@ -1,20 +1,30 @@
-"""Drop-in replacements for diffusers' ``DDPMScheduler`` and ``DDIMScheduler`` (issue 4, SPEC B).
+"""Drop-in replacements for diffusers' ``DDPMScheduler``, ``DDIMScheduler``,
+``DPMSolverMultistepScheduler`` and ``UniPCMultistepScheduler`` (SPEC A0 / A1.4-A1.7: the
+samplers of diffusers' IF pipelines).
 
 Same constructor, config fields and methods as diffusers 0.42.1, so::
 
     pipe.scheduler = diffaccel.schedulers.DDPMScheduler.from_config(pipe.scheduler.config)
+    pipe.scheduler = diffaccel.schedulers.DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
 
 works in any diffusers pipeline (IF stage I/II, img2img, inpainting) and gives the same images
-for the same generator, to floating-point tolerance. What differs is how a step is computed:
+for the same generator, to floating-point tolerance. Every schedule table (betas, ``abar``,
+timestep grids, sigma spacings) comes from :mod:`diffaccel.schedules`. What differs is how a
+step is computed:
 
 * the math is :mod:`diffaccel.functional` (one fused kernel per step where the config allows:
-  ``ddpm_step`` with the variance / thresholding / clipping options, ``ddim_step``), never a
-  formula written here;
+  ``ddpm_step`` with the variance / thresholding / clipping options, ``ddim_step``,
+  ``dpmpp_2m_step``, ``unipc_step``). Configs no kernel takes (solver order 3, the SDE and
+  noise-prediction DPM-Solver variants, UniPC "bh1", Karras / Lu / exponential / beta sigma
+  spacings, whose sigmas are not ``abar`` at integer timesteps) step on a general path in plain
+  torch: the solver's update as per-step coefficients computed on the host in float64;
 * everything that depends only on the schedule is prepared on the host in ``set_timesteps``
   (``abar`` in float32, a ``t -> t_prev`` table and an ``arange(T)`` to slice ``t`` from, all
   copied to the device once), so ``step`` issues no device-to-host copy or synchronisation and
   branches only on host values. A ``timestep`` given as a device tensor (what pipelines pass
-  after ``set_timesteps(device=...)``) is used as a device index; the host never reads it.
+  after ``set_timesteps(device=...)``) is used as a device index; the host never reads it
+  (the multistep solvers, like diffusers', read it once at the first step unless
+  ``set_begin_index`` was called, and then follow their step counter).
 
 Known, documented differences from diffusers:
 
@@ -33,6 +43,14 @@ Known, documented differences from diffusers:
   order, after ``set_begin_index`` for img2img); the math itself always uses the given ``t``.
 * ``step`` returns a new tensor each call (pipelines keep references to earlier samples); the
   zero-allocation loop is the functional API with ``out=`` (see ``benchmarks/bench_schedulers.py``).
+* DPM-Solver / UniPC with ``variance_type`` "learned" / "learned_range" split the model output
+  at the sample's channel count (diffusers keeps the first 3 channels whatever the model), and
+  diffaccel's UniPC accepts a learned-variance output (diffusers' cannot step one).
+* ``DDPMScheduler`` bounds x0 on the host (then steps with the eps re-derived from it) for the
+  bounds diffusers accepts but the kernels do not take: ``sample_max_value < 1``,
+  ``clip_sample_range <= 0``, ``dynamic_thresholding_ratio`` 0 or above 1.
+* Flow-matching options of the multistep solvers (``use_flow_sigmas``, ``flow_prediction``,
+  dynamic shifting) raise ``NotImplementedError``: use diffusers' classes for flow models.
 * ``DDPMScheduler.step``'s ``pred_original_sample`` is computed on first access (attribute of
   the output, or index 1 / unpacking of the ``return_dict=False`` tuple): with dynamic
   thresholding it costs a second quantile pass, and pipelines such as IF only read

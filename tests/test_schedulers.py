@@ -1,4 +1,4 @@
-"""diffaccel.schedulers against diffusers' own DDPMScheduler / DDIMScheduler (issue 4).
+"""diffaccel.schedulers against diffusers' own DDPMScheduler / DDIMScheduler (drop-in fidelity, SPEC A1.4).
 
 Every comparison runs a whole sampling loop twice from the same seed, once with diffusers'
 scheduler and once with ours, feeding a deterministic fake "model" (a smooth function of the
