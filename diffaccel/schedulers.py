@@ -48,7 +48,7 @@ Known, documented differences from diffusers:
   diffaccel's UniPC accepts a learned-variance output (diffusers' cannot step one).
 * ``DDPMScheduler`` bounds x0 on the host (then steps with the eps re-derived from it) for the
   bounds diffusers accepts but the kernels do not take: ``sample_max_value < 1``,
-  ``clip_sample_range <= 0``, ``dynamic_thresholding_ratio`` 0 or above 1.
+  ``clip_sample_range <= 0``, ``dynamic_thresholding_ratio = 0``.
 * Flow-matching options of the multistep solvers (``use_flow_sigmas``, ``flow_prediction``,
   dynamic shifting) raise ``NotImplementedError``: use diffusers' classes for flow models.
 * ``DDPMScheduler.step``'s ``pred_original_sample`` is computed on first access (attribute of
