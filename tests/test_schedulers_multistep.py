@@ -379,3 +379,32 @@ def test_if_pipelines_same_images(if_parts, pipeline, scheduler, monkeypatch):
     assert torch.isfinite(ref_img).all()
     # as the DDPM/DDIM pipeline tests: ~1 ulp per step, amplified by the random UNet and guidance
     torch.testing.assert_close(our_img, ref_img, atol=1e-3, rtol=0)
+
+
+# ----------------------------------------------------------------------------- GPU: no syncs
+@pytest.mark.gpu
+@pytest.mark.parametrize("cls,cfg", [
+    (S.DPMSolverMultistepScheduler, dict(variance_type="learned_range", **THRESH)),
+    (S.DPMSolverMultistepScheduler, dict(algorithm_type="sde-dpmsolver++", solver_order=3)),
+    (S.UniPCMultistepScheduler, dict(**THRESH)),
+])
+def test_step_has_no_device_to_host_sync(cls, cfg):
+    dev = torch.device("cuda")
+    s = cls(beta_schedule="squaredcos_cap_v2", **cfg)
+    s.set_timesteps(10, device=dev)
+    g = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randn(2, 3, 32, 32, device=dev)
+    c = 6 if cfg.get("variance_type") == "learned_range" else 3
+    out = torch.randn(2, c, 32, 32, device=dev).clamp(-1, 1)
+    kw = {"generator": g} if cls is S.DPMSolverMultistepScheduler else {}
+    s.step(out, s.timesteps[0], x, **kw)  # warm-up: lazy imports, allocator
+    s.set_timesteps(10, device=dev)
+    s.set_begin_index(0)  # as IF's pipelines do: the first step reads no timestep
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for t in s.timesteps:
+            x = s.step(out, t, x, **kw).prev_sample
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(x).all()
