@@ -213,6 +213,22 @@ def test_ddim_get_variance_equals_diffusers(beta, set_alpha_to_one):
             assert torch.equal(a._get_variance(*args), b._get_variance(*args)), (t, prev)
 
 
+@pytest.mark.parametrize("kind", ["cosine", "laplace", "exp"])
+@pytest.mark.parametrize("T", [1000, 37])
+def test_schedules_equal_diffusers_helpers_bitwise(kind, T):
+    from diffusers.schedulers.scheduling_ddpm import betas_for_alpha_bar, rescale_zero_terminal_snr
+
+    from diffaccel import schedules
+
+    ours = schedules.betas_for_alpha_bar(T, alpha_transform_type=kind)
+    assert torch.equal(ours, betas_for_alpha_bar(T, alpha_transform_type=kind))
+    assert torch.equal(schedules.rescale_zero_terminal_snr(ours), rescale_zero_terminal_snr(ours))
+    assert torch.equal(schedules.alphas_cumprod(ours), diffusers.DDPMScheduler(trained_betas=ours.tolist(),
+                                                                             num_train_timesteps=T).alphas_cumprod)
+    with pytest.raises(ValueError, match="alpha_transform_type"):
+        schedules.betas_for_alpha_bar(T, alpha_transform_type="nope")
+
+
 # ----------------------------------------------------------------------------- DDIM
 def _ddim_grid():
     cases = []

@@ -207,6 +207,9 @@ FUSED_CONFIGS = [
     (S.UniPCMultistepScheduler, dict(solver_order=2, **THRESH, beta_schedule="squaredcos_cap_v2",
                                      disable_corrector=[2])),
     (S.UniPCMultistepScheduler, dict(solver_order=1, final_sigmas_type="sigma_min", timestep_spacing="leading")),
+    # second order up to the last step, which lands on abar[0] (t_prev = 0, not the final -1)
+    (S.DPMSolverMultistepScheduler, dict(final_sigmas_type="sigma_min", lower_order_final=False, **THRESH)),
+    (S.UniPCMultistepScheduler, dict(final_sigmas_type="sigma_min", lower_order_final=False, **THRESH)),
 ]
 
 
