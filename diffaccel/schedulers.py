@@ -1214,14 +1214,14 @@ class UniPCMultistepScheduler(_MultistepScheduler):
                 hist = self.model_outputs[::-1]
                 sample = self._combine([(cx, self.last_sample)] + list(zip(cm, hist)) + [(c_t, m)], sample.dtype)
             self._push(m)
-            self.timestep_list = self.timestep_list[1:] + [timestep]
             self.last_sample = sample
             if self.solver_p:
-                prev_sample = self.solver_p.step(model_output, self.timestep_list[-1], sample).prev_sample
+                prev_sample = self.solver_p.step(model_output, timestep, sample).prev_sample
             else:  # UniP from this step to the next
                 cx, cm, _ = self._uni_coefficients(k + 1, k, order, corrector=False)
                 hist = self.model_outputs[::-1]
                 prev_sample = self._combine([(cx, sample)] + list(zip(cm, hist)), sample.dtype)
+        self.timestep_list = self.timestep_list[1:] + [timestep]
         self.this_order = order
         if self.lower_order_nums < self.config.solver_order:
             self.lower_order_nums += 1
