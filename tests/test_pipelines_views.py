@@ -1,4 +1,4 @@
-"""Anagram views (exact signed permutations, the reference's definitions, 64 -> 256 consistency), factorizations, animations."""
+"""Anagram views (exact signed permutations, the reference's definitions, 64 -> 256), factorizations, animations."""
 from __future__ import annotations
 
 import math
