@@ -189,7 +189,7 @@ class PermutationView(View):
 def combine_estimates(views: Sequence[View], eps: Sequence[torch.Tensor],
                       variances: Optional[Sequence[torch.Tensor]] = None
                       ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """The anagram combine: ``eps = mean_i inverse_i(eps_i)`` (Geng et al. 2024, Sec. 3), and for a
+    """The anagram combine: ``eps = mean_i inverse_i(eps_i)`` (Geng et al. 2024), and for a
     learned variance ``var = mean_i inverse_variance_i(var_i)`` (the reference's channel rule).
 
     ``eps[i]`` (and ``variances[i]``) is the model's output on ``views[i].view(x_t)``.
@@ -397,8 +397,12 @@ def _jigsaw(seed: int):
 
 
 # ----------------------------------------------------------------------------- registry
-def _identity(): return IdentityView()
-def _negate(): return NegateView()  # noqa: E704
+def _identity():
+    return IdentityView()
+
+
+def _negate():
+    return NegateView()
 
 
 def _perm_view(name: str, make):
