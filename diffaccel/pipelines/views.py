@@ -331,7 +331,8 @@ def jigsaw_pieces(size: int) -> torch.Tensor:
     invariant under a quarter turn (so the four pieces of a kind are turns of each other)
     and each edge's two pieces are translates of each other: a piece placed on any piece of
     its class, turned with it, fills it exactly. Knobs are discs in integer doubled
-    coordinates (exact at every size), shrunk until no two overlap.
+    coordinates (exact at every size), shrunk until no two overlap; at 8 px and below there
+    is no room for them and the pieces are squares.
     """
     if isinstance(size, bool) or not isinstance(size, int) or size < 4 or size % 4:
         raise ArgumentError(f"the jigsaw needs a square image whose side is a multiple of 4, got {size!r}")
@@ -352,13 +353,13 @@ def jigsaw_pieces(size: int) -> torch.Tensor:
     r2 = int((0.4 * s) ** 2)  # knob radius 0.2 of a cell
     while True:
         discs = []
-        for mu, mv, du, dv, owner in reps:
+        for mu, mv, du, dv, owner in reps if r2 >= 0 else ():
             for k in range(4):
                 cu, cv = _rot_cw(torch.tensor(mu + d * du), torch.tensor(mv + d * dv), k)
                 discs.append(((U - cu) ** 2 + (V - cv) ** 2 <= r2, owner - owner % 4 + (owner + k) % 4))
-        if r2 <= 0 or int(sum(m.to(torch.int64) for m, _ in discs).max()) <= 1:
+        if not discs or int(sum(m.to(torch.int64) for m, _ in discs).max()) <= 1:
             break
-        r2 -= 1
+        r2 -= 1  # knobs that touch: make them smaller
     for m, owner in discs:
         label = torch.where(m, torch.tensor(owner), label)
     # a bug check: a quarter turn of the picture puts piece 4q+k where piece 4q+k+1 is
