@@ -313,7 +313,8 @@ def test_jigsaw_pieces_keep_their_shape(size):
             b = a - a.min(0).values
             forms.append(tuple(sorted(map(tuple, b.tolist()))))
         shapes.setdefault(cls[p], set()).add(min(forms))
-    assert all(len(f) == 1 for f in shapes.values()) and len(set().union(*shapes.values())) == 3
+    assert all(len(f) == 1 for f in shapes.values())
+    assert len(set().union(*shapes.values())) == (3 if size > 8 else 1)  # three shapes (squares at 8 px)
 
 
 def test_jigsaw_errors_and_seed():
