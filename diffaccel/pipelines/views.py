@@ -6,7 +6,9 @@ sample), optionally times -1. Such a map is a signed permutation matrix, hence o
 so it takes N(0, I) noise to N(0, I) noise — the property that lets the anagram sampler
 denoise ``v(x_t)`` with a model trained on unviewed noise (Geng et al., "Visual Anagrams:
 Generating Multi-View Optical Illusions with Diffusion Models", CVPR 2024). The views and
-their settings are the paper's (its reference code, ``visual_anagrams/views``):
+their settings are those of its reference code (``visual_anagrams/views``) at 64 px, except
+that our jigsaw draws its own piece shapes; at 256 px ours are the 64-px views on 4x4 blocks
+(see Sizes), where the reference redraws skew, inner circle, square hinge and jigsaw finer:
 
 =============  ==============================================================================
 identity       nothing
