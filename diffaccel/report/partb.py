@@ -21,7 +21,7 @@ import torch
 
 from .. import functional as Fn
 from .html import Cell, Figure, single
-from .images import save_gif, save_png
+from ..imageio import save_gif, save_png
 
 __all__ = ["Budget", "write_partb_figures", "generator_for", "model_summary", "snapshots_to_show", "cpu_threads"]
 
@@ -136,12 +136,12 @@ class _Ctx:
 
     def png(self, name: str, x: torch.Tensor, label: str = "", width: Optional[int] = None, **kw) -> Cell:
         fname = f"{self.prefix}{name}.png"
-        save_png(x, self.out / fname, **kw)
+        save_png(x, self.out / fname, pad=1, **kw)
         return Cell(fname, label, width)
 
     def gif(self, name: str, frames, label: str = "", **kw) -> Cell:
         fname = f"{self.prefix}{name}.gif"
-        save_gif(frames, self.out / fname, **kw)
+        save_gif(frames, self.out / fname, pad=1, **kw)
         return Cell(fname, label)
 
     def gen(self, key: str) -> torch.Generator:
