@@ -48,6 +48,8 @@ def display_scale(size: int, target: int = DISPLAY_SIZE) -> int:
 
 def _check_range(value_range) -> Tuple[float, float]:
     try:
+        if isinstance(value_range, (str, bytes)) or any(isinstance(v, (str, bytes, bool)) for v in value_range):
+            raise TypeError
         lo, hi = (float(v) for v in value_range)
     except (TypeError, ValueError):
         raise ArgumentTypeError(f"value_range must be a pair (lo, hi) of numbers, got {value_range!r}") from None

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 from ..errors import ArgumentError
 
-__all__ = ["CLIError", "HelpFormatter", "add_parser", "positive_int", "finite_float", "device_arg", "out_path",
+__all__ = ["CLIError", "Parser", "HelpFormatter", "add_parser", "positive_int", "finite_float", "device_arg", "out_path",
            "out_dir", "write_png", "write_gif", "cat", "import_report", "SAMPLERS", "add_sampler_arg",
            "sampler_kwargs", "optional_kwarg"]
 
@@ -34,6 +34,14 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
                 and (action.option_strings or action.nargs in ("?", "*"))):
             help += " (default: %(default)s)"
         return help
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``PROG: error: MESSAGE (see PROG --help)``), exit 2;
+    its subcommands' parsers are of this class too."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def add_parser(sub, name: str, help: str, description: str = "", parents=()):

@@ -16,7 +16,7 @@ import sys
 from typing import Optional, Sequence
 
 from ..errors import DiffaccelError
-from .common import HelpFormatter
+from .common import HelpFormatter, Parser
 from .demo import add_demo_parser
 from .mnist import add_mnist_parsers
 from .parta import add_technique_parsers
@@ -30,7 +30,7 @@ _RAISE = re.compile(r"(^|:\s*)raise\b")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffaccel", description=__doc__, formatter_class=HelpFormatter)
+    parser = Parser(prog="diffaccel", description=__doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_mnist_parsers(sub)
     add_demo_parser(sub)
