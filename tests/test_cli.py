@@ -354,6 +354,9 @@ def test_decompression_bomb_image(tmp_path, digit_png, monkeypatch, capsys):
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)
     err = one_line_error(capsys, "forward", "--model", "tiny_class", "--image", digit_png, "--out", tmp_path / "o")
     assert "--image" in err and "too large" in err and "digit.png" in err
+    err = one_line_error(capsys, "inpaint", "--model", "tiny_class", "--image", digit_png, "--mask", digit_png,
+                         "--out", tmp_path / "o")
+    assert "too large" in err and "digit.png" in err
 
 
 @pytest.mark.parametrize("device", ["banana", "cuda:x"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -121,13 +122,25 @@ def optional_kwarg(fn, name: str, value, flag: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- outputs
+def _check_writable(p: Path, what: str) -> None:
+    """The nearest existing folder at or above ``p`` must be one this process can write into."""
+    q = p.absolute()
+    while not q.exists() and q != q.parent:
+        q = q.parent
+    if not q.is_dir():
+        raise CLIError(f"{what} {str(p)!r}: {str(q)!r} is a file, not a folder")
+    if not os.access(q, os.W_OK | os.X_OK):
+        raise CLIError(f"{what} {str(p)!r}: no permission to write into {str(q)!r}")
+
+
 def out_path(path: str, suffixes: Sequence[str], what: str = "--out") -> Path:
-    """``path`` as an output file with one of ``suffixes`` (not an existing directory)."""
+    """``path`` as an output file with one of ``suffixes`` (not an existing directory, in a writable place)."""
     p = Path(path)
     if p.suffix.lower() not in suffixes:
         raise CLIError(f"{what} {path!r} must end in one of {', '.join(suffixes)}")
     if p.exists() and p.is_dir():
         raise CLIError(f"{what} {path!r} is a directory; give a file name")
+    _check_writable(p.parent, what)
     return p
 
 
@@ -136,7 +149,11 @@ def out_dir(path: str) -> Path:
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise CLIError(f"--out {path!r} exists and is not a directory")
-    p.mkdir(parents=True, exist_ok=True)
+    _check_writable(p, "--out")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"--out {path!r}: cannot create the folder ({e.strerror or e})") from None
     return p
 
 

@@ -165,28 +165,33 @@ def _generator(args):
     return torch.Generator().manual_seed(args.seed)
 
 
-def _load_image(den, path: str, no_resize: bool = False, size=None, what: str = "--image"):
-    """An image file as [1, C, H, W] in [-1, 1] at the model's size (or ``size``)."""
-    from PIL import Image, UnidentifiedImageError  # DecompressionBombError is neither of these
+def _image_size(path: str, what: str):
+    """(width, height) of an image file, or a CLIError saying why it cannot be used."""
+    from PIL import Image, UnidentifiedImageError
 
-    from ..pipelines.loading import load_image
-
-    c, h, w = den.sample_shape
-    h, w = size or (h, w)
     p = Path(path)
     if not p.is_file():
         raise CLIError(f"{what}: no such file {path!r}")
     try:
         with Image.open(p) as im:
-            got = im.size
-    except Image.DecompressionBombError as e:
+            return im.size
+    except Image.DecompressionBombError as e:  # neither an OSError nor an UnidentifiedImageError
         raise CLIError(f"{what} {path!r} is too large to open safely: {e}") from None
     except (UnidentifiedImageError, OSError) as e:
         raise CLIError(f"{what} {path!r} is not an image file Pillow can read: {e}") from None
+
+
+def _load_image(den, path: str, no_resize: bool = False, size=None, what: str = "--image"):
+    """An image file as [1, C, H, W] in [-1, 1] at the model's size (or ``size``)."""
+    from ..pipelines.loading import load_image
+
+    c, h, w = den.sample_shape
+    h, w = size or (h, w)
+    got = _image_size(path, what)
     if no_resize and got != (w, h):
         raise CLIError(f"{what} {path!r} is {got[0]}x{got[1]} but the model works at {w}x{h}; "
                        "drop --no-resize to center-crop and resize it")
-    return load_image(p, size=(h, w), value_range=(-1.0, 1.0), channels=c)
+    return load_image(Path(path), size=(h, w), value_range=(-1.0, 1.0), channels=c)
 
 
 def _load_mask(den, spec: str):
@@ -211,6 +216,7 @@ def _load_mask(den, spec: str):
     if not Path(spec).is_file():
         raise CLIError(f"--mask must be an image file (white = regenerate) or one of {', '.join(MASK_SHAPES)}; "
                        f"no such file {spec!r}")
+    _image_size(spec, "--mask")
     m = load_mask(spec, (h, w))
     if not m.any():
         raise CLIError(f"--mask {spec!r} selects no pixel (white = regenerate, black = keep)")

@@ -54,9 +54,8 @@ def cpu_threads():
     """Run the report's CPU work on one thread unless ``$OMP_NUM_THREADS`` says otherwise.
 
     The report's batches are small (at most 80 digits of 28x28), where intra-op threads buy
-    little, and on a busy machine they cost a lot: on the shared 2-core development CPU (load
-    about 6) the full demo took 161 s wall / 101 CPU-s with torch's default 2 threads and 15 s /
-    14 CPU-s with one (OpenMP threads spin while their partner is descheduled).
+    little, and on a busy machine they cost a lot: OpenMP threads spin while their partner is
+    descheduled.
     """
     if os.environ.get("OMP_NUM_THREADS"):
         yield
