@@ -14,7 +14,8 @@ from typing import Optional, Sequence
 
 from ..errors import ArgumentError
 
-__all__ = ["CLIError", "Parser", "HelpFormatter", "add_parser", "positive_int", "finite_float", "device_arg", "out_path",
+__all__ = ["CLIError", "Parser", "HelpFormatter", "add_parser", "positive_int", "finite_float", "device_arg",
+           "out_path",
            "out_dir", "write_png", "write_gif", "cat", "import_report", "SAMPLERS", "add_sampler_arg",
            "sampler_kwargs", "optional_kwarg"]
 

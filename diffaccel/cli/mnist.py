@@ -24,14 +24,16 @@ def add_mnist_parsers(sub) -> None:
         add(msub)
 
 
-def load_model(spec: str, device: str = "cpu"):
-    """``--model``: a shipped model name or a training output folder (``config.json`` + ``model.safetensors``)."""
+def load_model(spec: str, device: str = "cpu", also_if: bool = False):
+    """``--model``: a shipped model name or a training output folder (``config.json`` + ``model.safetensors``);
+    ``also_if``: the command also takes DeepFloyd IF folders (the error then says so)."""
     from ..mnist.pretrained import load_pretrained
 
     p = Path(spec)
     if p.is_dir() and not (p / "config.json").is_file():
-        raise CLIError(f"--model {spec!r} is a folder without config.json: a training output folder holds "
-                       "config.json and model.safetensors (written by `diffaccel mnist train`)")
+        raise CLIError(f"--model {spec!r} is a folder without config.json: an MNIST training output folder holds "
+                       "config.json and model.safetensors (written by `diffaccel mnist train`)"
+                       + ("; a DeepFloyd IF folder holds unet/ and scheduler/" if also_if else ""))
     return load_pretrained(spec, device=device)
 
 

@@ -75,7 +75,9 @@ def _load_denoiser(args, stage: int = 1):
     """``--model`` as a denoiser: DeepFloyd IF (needs --embeds) or an MNIST DDPM model."""
     import torch
 
+    from ..mnist.pretrained import list_pretrained
     from ..pipelines.denoisers import MNISTDenoiser
+    from .mnist import load_model
 
     spec = args.model
     if _is_if_model(spec):
@@ -99,17 +101,11 @@ def _load_denoiser(args, stage: int = 1):
         raise CLIError(f"upsample needs a DeepFloyd IF stage-II model (directory or hub id), got {spec!r}")
     if args.embeds:
         raise CLIError("--embeds is for DeepFloyd IF models; an MNIST model's prompt is a digit label")
-    if Path(spec).exists():
-        if not (Path(spec) / "config.json").is_file():
-            raise CLIError(f"--model {spec!r}: neither an IF directory (unet/, scheduler/) nor an MNIST training "
-                           "folder (config.json + model.safetensors): config.json is missing")
-        return MNISTDenoiser.from_pretrained(spec, device=torch.device(args.device))
-    from ..mnist.pretrained import list_pretrained
-
-    if spec not in list_pretrained():
+    if not Path(spec).exists() and spec not in list_pretrained():
         raise CLIError(f"--model {spec!r} is not a shipped MNIST model ({', '.join(list_pretrained())}), an MNIST "
                        "training folder, or a DeepFloyd IF directory / hub id")
-    return MNISTDenoiser.from_pretrained(spec, device=torch.device(args.device))
+    model = load_model(spec, args.device, also_if=True)
+    return MNISTDenoiser.from_pretrained(model, device=torch.device(args.device))
 
 
 def _is_mnist(den) -> bool:
@@ -495,7 +491,8 @@ def add_technique_parsers(sub) -> None:
                 "Also writes the one-step and blur results for the same x_t (the course's comparison).",
                 parents=[common, image, steps_plain])
     p.add_argument("--i-start", type=int, default=10, help="index into the timesteps to start from (10: t = 690)")
-    p.add_argument("--every", type=positive_int("--every"), default=5, help="keep every k-th step for iterative_steps.png")
+    p.add_argument("--every", type=positive_int("--every"), default=5,
+                   help="keep every k-th step for iterative_steps.png")
     prompt(p)
     p.set_defaults(func=_cmd_iterative)
 
@@ -550,7 +547,8 @@ def add_technique_parsers(sub) -> None:
 
     from ..pipelines.factorizations import FACTORIZATIONS
 
-    p = add_parser(sub, "hybrid", "SPEC A1.9: hybrid images, lowpass(eps_1) + highpass(eps_2) (and other factorizations)",
+    p = add_parser(sub, "hybrid",
+                   "SPEC A1.9: hybrid images, lowpass(eps_1) + highpass(eps_2) (and other factorizations)",
                 "example (a 0 from far away, a 1 up close):\n"
                 "  diffaccel hybrid --model ddpm_class --prompts 0 1 --kernel-size 9 --sigma 1.5 --out out/hybrid",
                 parents=[common, steps_cfg])

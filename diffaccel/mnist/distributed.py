@@ -65,11 +65,11 @@ def sample_distributed(model, labels: Optional[torch.Tensor] = None, n: Optional
     :func:`shard_range` gives it (noise streams ``(seed, index)``, so the digits are those of
     one process at the same ``batch_size`` and thread count, bit for bit) and writes them to the
     shard file ``{scratch}.shard{rank}of{world}.safetensors`` (``scratch``: a path prefix on a
-    filesystem every process sees, e.g. a hidden name next to the output); after a barrier, rank 0 reads every shard, removes them and
-    returns all ``[n, 1, 28, 28]`` digits on the CPU; the other ranks return ``None``. ``labels``
-    (one per sample) or ``n`` as for ``sample``. Shards go through files and a gloo group (created
-    here if none exists, and destroyed again): a few MB, once. Outside torchrun this is
-    ``sample(...)`` on the CPU.
+    filesystem every process sees, e.g. a hidden name next to the output). After a barrier,
+    rank 0 reads every shard, removes them and returns all ``[n, 1, 28, 28]`` digits on the CPU;
+    the other ranks return ``None``. ``labels`` (one per sample) or ``n`` as for ``sample``.
+    Shards go through files and a gloo group (created here if none exists, and destroyed
+    again): a few MB, once. Outside torchrun this is ``sample(...)``, returned on the CPU.
     """
     import torch.distributed as dist
 
