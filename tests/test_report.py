@@ -248,19 +248,6 @@ def test_demo_with_if_weights(weights_dir, tmp_path, mnist_dir, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- helpers
-def test_grid_and_nearest_upscale():
-    from diffaccel.report.images import to_uint8_grid
-
-    x = torch.rand(5, 1, 28, 28)
-    arr = to_uint8_grid(x, nrow=3, pad=1, scale=2)
-    assert arr.shape == (2 * (2 * 28 + 1), 2 * (3 * 28 + 2))
-    # nearest neighbour: every 2x2 block is one model pixel
-    assert (arr[0::2, 0::2] == arr[1::2, 1::2]).all()
-    assert arr[0, 0] == round(float(x[0, 0, 0, 0]) * 255)
-    with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
-        to_uint8_grid(torch.rand(2, 2, 4, 4))
-
-
 def test_drawn_digit_is_mnist_like():
     from diffaccel.report.images import draw_digit
 

@@ -21,7 +21,7 @@ import torch
 
 from .. import functional as Fn
 from .html import Cell, Figure, single
-from .images import save_gif, save_png
+from ..imageio import save_gif, save_png
 
 __all__ = ["Budget", "write_partb_figures", "generator_for", "model_summary", "snapshots_to_show", "cpu_threads"]
 
@@ -54,9 +54,8 @@ def cpu_threads():
     """Run the report's CPU work on one thread unless ``$OMP_NUM_THREADS`` says otherwise.
 
     The report's batches are small (at most 80 digits of 28x28), where intra-op threads buy
-    little, and on a busy machine they cost a lot: on the shared 2-core development CPU (load
-    about 6) the full demo took 161 s wall / 101 CPU-s with torch's default 2 threads and 15 s /
-    14 CPU-s with one (OpenMP threads spin while their partner is descheduled).
+    little, and on a busy machine they cost a lot: OpenMP threads spin while their partner is
+    descheduled.
     """
     if os.environ.get("OMP_NUM_THREADS"):
         yield
@@ -136,12 +135,12 @@ class _Ctx:
 
     def png(self, name: str, x: torch.Tensor, label: str = "", width: Optional[int] = None, **kw) -> Cell:
         fname = f"{self.prefix}{name}.png"
-        save_png(x, self.out / fname, **kw)
+        save_png(x, self.out / fname, pad=1, **kw)
         return Cell(fname, label, width)
 
     def gif(self, name: str, frames, label: str = "", **kw) -> Cell:
         fname = f"{self.prefix}{name}.gif"
-        save_gif(frames, self.out / fname, **kw)
+        save_gif(frames, self.out / fname, pad=1, **kw)
         return Cell(fname, label)
 
     def gen(self, key: str) -> torch.Generator:
