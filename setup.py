@@ -160,7 +160,7 @@ def _check_not_isolated(torch) -> None:
 # ----------------------------------------------------------------------------- extension
 def _headers() -> list:
     """Every header the sources include: a change to one rebuilds the extension."""
-    return sorted(glob.glob("csrc/**/*.h", recursive=True) + glob.glob("csrc/**/*.cuh", recursive=True))
+    return sorted(p for ext in ("h", "cuh") for p in glob.glob(f"csrc/**/*.{ext}", root_dir=ROOT, recursive=True))
 
 
 def build_info_source(torch_version: str, cuda_version, cpu_isa: str, cuda_kernels: bool, debug: bool) -> str:

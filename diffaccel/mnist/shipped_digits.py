@@ -34,7 +34,7 @@ def shipped_digits(path: Optional[Path] = None) -> dict:
     global _shipped
     if path is None and _shipped is not None:
         return _shipped
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     p = Path(path) if path is not None else DIGITS_FILE
     if not p.is_file():
@@ -45,7 +45,7 @@ def shipped_digits(path: Optional[Path] = None) -> dict:
             meta = f.metadata() or {}
             out = {k: f.get_tensor(k) for k in ("test_images", "test_labels", "train_mean")}
         out["train_count"] = int(meta["train_count"])
-    except (KeyError, ValueError, OSError) as e:
+    except (SafetensorError, KeyError, ValueError, OSError) as e:
         raise FileFormatError(f"{p}: not a valid shipped-digits file ({e}); reinstall the package") from e
     if path is None:
         _shipped = out
