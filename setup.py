@@ -88,8 +88,9 @@ def _environment_site_dirs() -> list:
     try:
         import site
 
+        dirs.update(site.getsitepackages())  # e.g. Debian's /usr/lib/python3/dist-packages too
         dirs.add(site.getusersitepackages())
-    except (AttributeError, ImportError):  # site may be trimmed in embedded interpreters
+    except (AttributeError, ImportError):  # site may be trimmed (embedded interpreters, old virtualenv)
         pass
     return [os.path.realpath(d) for d in dirs if d]
 
@@ -234,10 +235,13 @@ def _extensions():
 
         def run(self):
             super().run()
-            target = os.path.join(os.path.dirname(self.get_ext_fullpath("diffaccel._C")), "_build_info.py")
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(target, "w") as f:
-                f.write(info)
+            targets = {os.path.join(os.path.dirname(self.get_ext_fullpath("diffaccel._C")), "_build_info.py")}
+            if getattr(self, "editable_mode", False):  # pip install -e: the library is copied into the tree
+                targets.add(os.path.join(ROOT, "diffaccel", "_build_info.py"))
+            for target in targets:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with open(target, "w") as f:
+                    f.write(info)
 
     archs = f", CUDA architectures {os.environ['TORCH_CUDA_ARCH_LIST']}" if build_cuda else ""
     print(f"setup.py: building diffaccel._C against torch {torch.__version__} (CPU kernels for {isa}; "
