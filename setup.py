@@ -140,7 +140,9 @@ def isolated_torch_message(torch_file: str, torch_version: str, site_dirs) -> st
 def no_torch_message(error: str, path) -> str:
     """What to do when torch cannot be imported at build time (``path``: ``sys.path``)."""
     isolated = any(m in p for p in path for m in _ISOLATED_MARKERS)
-    why = ("the build front-end isolated the build in a temporary environment without it"
+    own = _installed_torch_version(_environment_site_dirs())
+    why = (f"the build front-end isolated the build in a temporary environment without it"
+           f"{f' (this environment has torch {own})' if own else ''}"
            if isolated else "it is not installed in this environment")
     return (f"setup.py: torch is not importable ({error}): {why}.\n"
             "diffaccel is a PyTorch extension compiled against the torch you run: install torch first, "
