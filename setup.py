@@ -127,14 +127,16 @@ def isolated_torch_message(torch_file: str, torch_version: str, site_dirs) -> st
     own = _installed_torch_version(site_dirs)
     here = (f"this environment has torch {own}" if own else
             "this environment has no torch installed")
+    how = ("the build front-end isolated the build in a temporary environment" if isolated else
+           "it comes from outside this environment's site-packages (PYTHONPATH?)")
     return (
         f"setup.py: building against torch {torch_version} from {torch_dir}, which is not this "
-        f"environment's own torch ({here}): the build front-end isolated the build in a temporary "
-        "environment, so the compiled operators would not match the torch you run.\n"
+        f"environment's own torch ({here}): {how}, so the compiled operators would not match the "
+        "torch you run.\n"
         "diffaccel is a PyTorch extension: install torch first, then build without isolation:\n"
         "    pip install torch            # the build you want (CPU or CUDA), >= the floor in pyproject.toml\n"
         "    pip install --no-build-isolation diffaccel   # or: . / diffaccel-<version>.tar.gz / -e .\n"
-        "(set DIFFACCEL_ALLOW_ISOLATED_BUILD=1 to build against the isolated torch anyway)")
+        "(set DIFFACCEL_ALLOW_ISOLATED_BUILD=1 to build against that torch anyway)")
 
 
 def no_torch_message(error: str, path) -> str:
