@@ -352,14 +352,14 @@ MNIST_VIEW_ANAGRAMS = [
 
 def mnist_setup(name: str = "ddpm_class", quick: bool = False, data_dir=None, device="cpu") -> PartASetup:
     """The Part-A setup on a shipped class-conditional MNIST DDPM: labels are the prompts, g = 5."""
-    from ..mnist.data import mnist_tensors
+    from ..mnist.shipped_digits import test_digits
     from ..pipelines.denoisers import MNISTDenoiser
 
     den = MNISTDenoiser.from_pretrained(name, device=device)
     if den.conditioning != "class":
         raise ValueError(f"Part A on MNIST needs a class-conditional DDPM, {name!r} is {den.conditioning}-conditioned")
     b = Budget.for_mode(quick)
-    xt, yt = mnist_tensors("test", root=data_dir)
+    xt, yt = test_digits(data_dir)  # shipped with the package unless a folder is given
     picks = [_first_of(yt, d) for d in (7, 2, 3)]  # a 3 is the img2img source (a 3 pushed toward 8)
     images = xt[picks] * 2 - 1
     labels = [int(yt[i]) for i in picks]

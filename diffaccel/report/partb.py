@@ -147,10 +147,11 @@ class _Ctx:
         return generator_for(self.seed, key)
 
     def test_digits(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The leading test digits: shipped with the package, or read from ``data_dir`` if given."""
         if self._test is None:
-            from ..mnist.data import mnist_tensors
+            from ..mnist.shipped_digits import test_digits
 
-            self._test = mnist_tensors("test", root=self.data_dir)
+            self._test = test_digits(self.data_dir)
         return self._test
 
 
@@ -250,7 +251,7 @@ def _ood(ctx: _Ctx) -> List[Figure]:
 
 def _pure_noise(ctx: _Ctx) -> List[Figure]:
     from ..mnist import load_pretrained
-    from ..mnist.data import mnist_tensors
+    from ..mnist.shipped_digits import train_mean
 
     name = "pure_noise"
     if not _available(name):
@@ -259,8 +260,7 @@ def _pure_noise(ctx: _Ctx) -> List[Figure]:
     z = torch.randn((n, 1, 28, 28), generator=ctx.gen("B1.2.3"))
     snaps = snapshots_to_show(name)
     outs = [_denoise(load_pretrained(name, epoch=ep), z) for _, ep in snaps]
-    xtrain, _ = mnist_tensors("train", root=ctx.data_dir)
-    mean = xtrain.mean(0, keepdim=True)
+    mean, n_train = train_mean(ctx.data_dir)
     mean_cell = ctx.png("pure_noise_train_mean", mean)
     rows = [[ctx.png(f"pure_noise_in{i}", z[i:i + 1].clamp(0, 1))]
             + [ctx.png(f"pure_noise_out{i}_e{k}", o[i:i + 1]) for k, o in enumerate(outs)]
@@ -269,7 +269,7 @@ def _pure_noise(ctx: _Ctx) -> List[Figure]:
                    f"The {model_summary(name)}, trained to map z = eps (pure noise) to x: under an L2 loss the best "
                    "such map is the mean of the training digits, whatever the input. Columns: the input noise, "
                    "the output " + " and ".join(label for label, _ in snaps)
-                   + f", and the mean of the {xtrain.shape[0]} training digits. Noise seed {ctx.seed} "
+                   + f", and the mean of the {n_train} training digits. Noise seed {ctx.seed} "
                    "(figure key B1.2.3).", rows,
                    col_headers=["input z ~ N(0, I)"] + [f"D(z) {label}" for label, _ in snaps] + ["training mean"])]
     figs.append(loss_figure(ctx, "B1.2.3", name))
@@ -340,8 +340,9 @@ def write_partb_figures(out_dir, seed: int = 0, quick: bool = False, data_dir=No
                         progress: bool = True) -> List[Figure]:
     """Render every Part B deliverable into ``out_dir`` (PNGs, GIFs); returns their :class:`Figure` records.
 
-    Needs the MNIST files (``data_dir`` or ``$DIFFACCEL_MNIST_DIR``) and the shipped weights
-    (``$DIFFACCEL_WEIGHTS_DIR`` to use another set); a model that is not shipped gives a figure
+    The digits shown come with the package (:mod:`diffaccel.mnist.shipped_digits`; no MNIST
+    folder, no network), or from the MNIST folder ``data_dir`` when one is given (the same
+    digits). Uses the shipped weights (``$DIFFACCEL_WEIGHTS_DIR`` to use another set); a model that is not shipped gives a figure
     with a note instead of images. ``quick``: tiny step counts and sample numbers (tests).
     """
     from tqdm.auto import tqdm
