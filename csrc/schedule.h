@@ -7,10 +7,17 @@
 #include <cstdint>
 #include <vector>
 
+// Scalar helpers also called from CUDA kernels (the per-sample solver weights are computed in-kernel).
+#ifdef __CUDACC__
+#define DIFFACCEL_HOST_DEVICE __host__ __device__
+#else
+#define DIFFACCEL_HOST_DEVICE
+#endif
+
 namespace diffaccel {
 
 // abar[t] with abar[-1] = 1 ("the final step"), as reference.gather_abar.
-inline float abar_at(const float* abar, int64_t t) { return t >= 0 ? abar[t] : 1.0f; }
+DIFFACCEL_HOST_DEVICE inline float abar_at(const float* abar, int64_t t) { return t >= 0 ? abar[t] : 1.0f; }
 
 // Per-sample weights of the multistep solvers (reference.dpmpp_2m_step / reference.unipc_step),
 // computed in double from the float32 abar and rounded once to float, as the reference does:
@@ -25,24 +32,24 @@ struct SolverWeights {
 // a(t) = sqrt(abar[t]), s(t) = sqrt(1 - abar[t]), lam(t) = log a - log s (+inf at t = -1).
 struct AlphaSigma {
   double a, s, lam;
-  AlphaSigma(const float* abar, int64_t t) {
+  DIFFACCEL_HOST_DEVICE AlphaSigma(const float* abar, int64_t t) {
     const double ab = abar_at(abar, t);
-    a = std::sqrt(ab);
-    s = std::sqrt(1.0 - ab);
-    lam = std::log(a) - std::log(s);
+    a = ::sqrt(ab);
+    s = ::sqrt(1.0 - ab);
+    lam = ::log(a) - ::log(s);
   }
 };
 
 // t_last < 0: no history (first order); t_last2 < 0: a first-order corrector. `corrector`: UniC
 // from (x_last, t_last) to t. The predictor is second order when `second_order`, t_last >= 0 and
 // t_prev >= 0 (the final step, abar = 1, is always first order).
-inline SolverWeights solver_weights(const float* abar, int64_t t, int64_t t_prev, int64_t t_last, int64_t t_last2,
+DIFFACCEL_HOST_DEVICE inline SolverWeights solver_weights(const float* abar, int64_t t, int64_t t_prev, int64_t t_last, int64_t t_last2,
                                     bool corrector, bool second_order) {
   SolverWeights w;
   const AlphaSigma now(abar, t), next(abar, t_prev);
   if (corrector) {
     const AlphaSigma last(abar, t_last);
-    const double h = now.lam - last.lam, hh = -h, b_h = std::expm1(hh);
+    const double h = now.lam - last.lam, hh = -h, b_h = ::expm1(hh);
     w.cs = static_cast<float>(now.s / last.s);
     w.ca = static_cast<float>(now.a * b_h);
     if (t_last2 >= 0) {  // R rho = b with R = [[1, 1], [rk, 1]] (reference.unipc_bh2_corrector_weights)
@@ -60,7 +67,7 @@ inline SolverWeights solver_weights(const float* abar, int64_t t, int64_t t_prev
   }
   const double h = next.lam - now.lam;
   w.ps = static_cast<float>(next.s / now.s);
-  w.pa = static_cast<float>(next.a * std::expm1(-h));
+  w.pa = static_cast<float>(next.a * ::expm1(-h));
   if (second_order && t_last >= 0 && t_prev >= 0) {
     w.pk = static_cast<float>(0.5 / ((AlphaSigma(abar, t_last).lam - now.lam) / h));
   }

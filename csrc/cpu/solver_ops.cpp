@@ -16,26 +16,22 @@
 
 #include "../checks.h"
 #include "../schedule.h"
+#include "../solver_step.h"
 #include "quantile.h"
 #include "vec_utils.h"
 
 namespace diffaccel::cpu {
 namespace {
 
-// Which history a step uses: none (first order), x0_prev for the predictor, and the corrector
-// of order 1 (x_last, x0_prev) or 2 (also x0_prev2).
-enum Mode : int { kFirstOrder = 0, kPredictor2 = 1, kCorrector1 = 2, kCorrector2 = 3 };
+using Mode = SolverStepParams::Mode;
+constexpr Mode kFirstOrder = SolverStepParams::kFirstOrder, kPredictor2 = SolverStepParams::kPredictor2,
+               kCorrector1 = SolverStepParams::kCorrector1, kCorrector2 = SolverStepParams::kCorrector2;
 
 struct SolverSample {
   float s1a, sa;        // x0 = clamp((x - s1a eps) / sa, lo, hi) / thr
   float lo, hi, thr;
   SolverWeights w;
 };
-
-template <typename T>
-const T* opt_ptr(const std::optional<at::Tensor>& x) {
-  return x.has_value() ? x->const_data_ptr<T>() : nullptr;
-}
 
 // in = {x_t, eps_u, eps_c, x0_prev, x_last, x0_prev2}; out = {x_prev, x0, x_corr}. Every input
 // of a vector is loaded before its outputs are stored (outputs may alias inputs).
@@ -80,99 +76,53 @@ void solver_block_any(const std::array<const float*, 6>& in, const std::array<fl
   }
 }
 
-// The one multistep kernel behind dpmpp_2m_step (no corrector, x_corr not written) and unipc_step.
-void multistep_step(const at::Tensor& x_t, const at::Tensor& eps_u, const std::optional<at::Tensor>& eps_c,
-                    double scale, const at::Tensor& abar, const at::Tensor& t, const at::Tensor& t_prev,
-                    const std::optional<at::Tensor>& x0_prev, const std::optional<at::Tensor>& t_last,
-                    const std::optional<at::Tensor>& x_last, const std::optional<at::Tensor>& x0_prev2,
-                    const std::optional<at::Tensor>& t_last2, int64_t predictor_order, double clip_x0,
-                    double threshold_ratio, double threshold_max, const at::Tensor& out, const at::Tensor& x0_out,
-                    const at::Tensor* x_corr_out) {
-  check_image("x_t", x_t);
-  check_like("eps_uncond", eps_u, x_t);
-  check_optional_like("eps_cond", eps_c, x_t);
-  check_optional_like("x0_prev", x0_prev, x_t);
-  check_optional_like("x_last", x_last, x_t);
-  check_optional_like("x0_prev2", x0_prev2, x_t);
-  check_like("out", out, x_t);
-  check_like("x0_out", x0_out, x_t);
-  if (x_corr_out != nullptr) check_like("x_corr_out", *x_corr_out, x_t);
-  check_step_schedule(x_t, abar, t, t_prev);
-  check_solver_history(x_t, abar, x0_prev, t_last, x_last, x0_prev2, t_last2, predictor_order);
-  check_threshold_options(threshold_ratio, threshold_max);
-  if (x_t.numel() == 0) return;
-
-  const int mode = x0_prev2.has_value() ? kCorrector2
-                   : x_last.has_value() ? kCorrector1
-                   : (x0_prev.has_value() && predictor_order == 2) ? kPredictor2
-                                                                    : kFirstOrder;
-  const bool threshold = threshold_ratio > 0;
-  const float* a = abar.const_data_ptr<float>();
-  const int64_t* tp = t.const_data_ptr<int64_t>();
-  const int64_t* pp = t_prev.const_data_ptr<int64_t>();
-  const int64_t* lp = t_last.has_value() ? t_last->const_data_ptr<int64_t>() : nullptr;
-  const int64_t* l2p = t_last2.has_value() ? t_last2->const_data_ptr<int64_t>() : nullptr;
-  const float clip = !threshold && clip_x0 > 0 ? static_cast<float>(clip_x0) : std::numeric_limits<float>::infinity();
-  std::vector<SolverSample> coef(x_t.size(0));
-  for (int64_t i = 0; i < x_t.size(0); ++i) {
-    const float a_t = abar_at(a, tp[i]);
+// The one multistep kernel behind dpmpp_2m_step (no corrector, x_corr not written) and unipc_step;
+// arguments checked by solver_params (solver_step.h).
+void run_solver(const SolverStepParams& p, const at::Tensor& x_t) {
+  if (p.n == 0 || p.inner == 0) return;
+  const int mode = p.mode();
+  const bool threshold = p.threshold_ratio > 0;
+  const float clip = !threshold && p.clip_x0 > 0 ? p.clip_x0 : std::numeric_limits<float>::infinity();
+  std::vector<SolverSample> coef(p.n);
+  for (int64_t i = 0; i < p.n; ++i) {
+    const float a_t = abar_at(p.alphas_cumprod, p.t[i]);
     coef[i] = {std::sqrt(1.0f - a_t), std::sqrt(a_t), -clip, clip, 1.0f,
-               solver_weights(a, tp[i], pp[i], lp ? lp[i] : -1, l2p ? l2p[i] : -1, mode >= kCorrector1,
-                              predictor_order == 2)};
+               solver_weights(p.alphas_cumprod, p.t[i], p.t_prev[i], p.t_last ? p.t_last[i] : -1,
+                              p.t_last2 ? p.t_last2[i] : -1, mode >= kCorrector1, p.predictor_order == 2)};
   }
-  const int64_t per_sample = x_t.numel() / x_t.size(0);
-  const fVec g(static_cast<float>(scale));
-  const bool cfg = eps_c.has_value();
+  const int64_t per_sample = p.inner;
+  const fVec g(p.scale);
+  const bool cfg = p.eps_cond != nullptr;
 
   DIFFACCEL_DISPATCH(x_t.scalar_type(), "multistep_step", [&] {
-    const std::array<const scalar_t*, 6> in{x_t.const_data_ptr<scalar_t>(), eps_u.const_data_ptr<scalar_t>(),
-                                            opt_ptr<scalar_t>(eps_c), opt_ptr<scalar_t>(x0_prev),
-                                            opt_ptr<scalar_t>(x_last), opt_ptr<scalar_t>(x0_prev2)};
-    const std::array<scalar_t*, 3> dst{out.mutable_data_ptr<scalar_t>(), x0_out.mutable_data_ptr<scalar_t>(),
-                                       x_corr_out ? x_corr_out->mutable_data_ptr<scalar_t>() : nullptr};
+    auto in_ptr = [](const void* v) { return static_cast<const scalar_t*>(v); };
+    const std::array<const scalar_t*, 6> in{in_ptr(p.x_t), in_ptr(p.eps_uncond), in_ptr(p.eps_cond),
+                                            in_ptr(p.x0_prev), in_ptr(p.x_last), in_ptr(p.x0_prev2)};
+    const std::array<scalar_t*, 3> dst{static_cast<scalar_t*>(p.out), static_cast<scalar_t*>(p.x0_out),
+                                       static_cast<scalar_t*>(p.x_corr_out)};
     auto step = [&](int64_t s, int64_t lo, int64_t hi) {
       for_each_block_out<6, 3>(in, dst, lo, hi, [&](const auto& f, const auto& o, int64_t n) {
         cfg ? solver_block_any<true>(f, o, n, coef[s], g, mode) : solver_block_any<false>(f, o, n, coef[s], g, mode);
       });
     };
     if (!threshold) {
-      at::parallel_for(0, x_t.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, p.n * per_sample, kGrain, [&](int64_t begin, int64_t end) {
         for_each_segment(begin, end, per_sample, step);
       });
       return;
     }
-    const float gs = static_cast<float>(scale);
     for_each_thresholded_sample(
-        x_t.size(0), per_sample,
+        p.n, per_sample,
         [&](int64_t s, int64_t chunks) {
-          const AbsX0Numerator<scalar_t> fill{in[0], in[1], in[2], coef[s].s1a, gs};
+          const AbsX0Numerator<scalar_t> fill{in[0], in[1], in[2], coef[s].s1a, p.scale};
           const float thr = threshold_scale(
-              quantile(fill, s * per_sample, per_sample, coef[s].sa, threshold_ratio, chunks), threshold_max);
+              quantile(fill, s * per_sample, per_sample, coef[s].sa, p.threshold_ratio, chunks), p.threshold_max);
           coef[s].lo = -thr;
           coef[s].hi = thr;
           coef[s].thr = thr;
         },
         step);
   });
-}
-
-void dpmpp_2m_step(const at::Tensor& x_t, const at::Tensor& eps_u, const std::optional<at::Tensor>& eps_c,
-                   double scale, const at::Tensor& abar, const at::Tensor& t, const at::Tensor& t_prev,
-                   const std::optional<at::Tensor>& x0_prev, const std::optional<at::Tensor>& t_last,
-                   double clip_x0, double threshold_ratio, double threshold_max, at::Tensor out, at::Tensor x0_out) {
-  multistep_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, std::nullopt, std::nullopt,
-                 std::nullopt, 2, clip_x0, threshold_ratio, threshold_max, out, x0_out, nullptr);
-}
-
-void unipc_step(const at::Tensor& x_t, const at::Tensor& eps_u, const std::optional<at::Tensor>& eps_c, double scale,
-                const at::Tensor& abar, const at::Tensor& t, const at::Tensor& t_prev,
-                const std::optional<at::Tensor>& x0_prev, const std::optional<at::Tensor>& t_last,
-                const std::optional<at::Tensor>& x_last, const std::optional<at::Tensor>& x0_prev2,
-                const std::optional<at::Tensor>& t_last2, int64_t predictor_order, double clip_x0,
-                double threshold_ratio, double threshold_max, at::Tensor out, at::Tensor x0_out,
-                at::Tensor x_corr_out) {
-  multistep_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, x_last, x0_prev2, t_last2,
-                 predictor_order, clip_x0, threshold_ratio, threshold_max, out, x0_out, &x_corr_out);
 }
 
 // Flow matching, second-order Heun: out = x + dt/2 (v + v_next), elementwise over any shape.
@@ -197,8 +147,8 @@ void heun_step(const at::Tensor& x, const at::Tensor& v, const at::Tensor& v_nex
 }  // namespace
 
 TORCH_LIBRARY_IMPL(diffaccel, CPU, m) {
-  m.impl("dpmpp_2m_step", &dpmpp_2m_step);
-  m.impl("unipc_step", &unipc_step);
+  m.impl("dpmpp_2m_step", &dpmpp_2m_step_op<&run_solver>);
+  m.impl("unipc_step", &unipc_step_op<&run_solver>);
   m.impl("heun_step", &heun_step);
 }
 
