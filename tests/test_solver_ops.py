@@ -534,7 +534,8 @@ def test_history_errors_are_diffaccel_errors():
 
 # ----------------------------------------------------------------------------- torch.compile
 @pytest.mark.parametrize("threshold", ["none", "dynamic"])
-@pytest.mark.parametrize("device,backend", [p for p in _backends("unipc_step") if p.values[0] == "cpu"])
+# Triton's interpreter cannot run on fake tensors (triton/ops.py), so it is compiled on CUDA only.
+@pytest.mark.parametrize("device,backend", [p for p in _backends("unipc_step") if p.values[:2] != ("cpu", "triton")])
 def test_compiled_solver_step_matches_eager(device, backend, threshold):
     """A whole UniPC step (a stand-in model call, the CFG combine and the fused op) compiles with
     fullgraph=True and matches eager."""
