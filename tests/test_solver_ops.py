@@ -636,3 +636,18 @@ def test_threshold_large_batch_one_sample_matches_torch_quantile(ratio):
     want = ref.unipc_step(x, d.eps, d.abar, d.t, d.t_prev, x0_prev=d.x0_prev, t_last=d.t_last,
                           dynamic_threshold=(ratio, 1e6))
     _assert_results(got, want, torch.float32)
+
+
+def test_backend_without_the_op_falls_back_under_auto_only(monkeypatch):
+    """An extension built before the solver ops existed: "auto" uses the reference, "cpp" says why not."""
+    _cpp_ops()
+    from diffaccel import _backends
+    from diffaccel.errors import ArgumentError
+    cpp = _backends.get("cpp", torch.device("cpu"))
+    monkeypatch.setattr(cpp, "has_op", staticmethod(lambda name, device: name != "unipc_step"))
+    d = Inputs((2, 3, 8, 8), torch.float32, "cpu")
+    got = F.unipc_step(d.x_t, d.eps, d.abar, d.t, d.t_prev, backend="auto")
+    _assert_results(got, UNIPC_CASES["predictor1"](RefAPI, d), torch.float32)
+    with pytest.raises(ArgumentError, match="backend 'cpp' has no unipc_step kernel in this build"):
+        F.unipc_step(d.x_t, d.eps, d.abar, d.t, d.t_prev, backend="cpp")
+    F.dpmpp_2m_step(d.x_t, d.eps, d.abar, d.t, d.t_prev, backend="cpp")  # the others still run
