@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -355,6 +356,43 @@ def test_epoch_order_depends_only_on_seed_and_epoch():
     assert torch.equal(torch.randn(4, generator=g1), torch.randn(4, generator=g2))
     with pytest.raises(ArgumentError, match="batch_size must be a positive int"):
         T.epoch_batches(10, 0, 0, 0)
+
+
+def test_full_train_load_is_fast_and_an_epoch_covers_every_index(mnist_dir):
+    from diffaccel.mnist.data import mnist_tensors
+
+    t0 = time.perf_counter()
+    x, y = mnist_tensors("train", mnist_dir)
+    assert time.perf_counter() - t0 < 5.0
+    n, b = x.shape[0], 256
+    t0 = time.perf_counter()
+    _, batches = T.epoch_batches(n, b, seed=0, epoch=0)
+    assert time.perf_counter() - t0 < 5.0
+    assert batches.shape == (n // b, b) == (234, 256)  # drop_last: every step a full batch
+    seen = batches.flatten()
+    assert len(seen.unique()) == 234 * b and 0 <= seen.min() and seen.max() < n  # each index at most once
+    assert not torch.equal(seen, torch.arange(234 * b))  # shuffled
+    ib = batches[7]
+    assert torch.equal(x[ib], x.index_select(0, ib)) and torch.equal(y[ib], y.index_select(0, ib))
+
+
+@pytest.mark.parametrize("b,world", [(21, 3), (32, 2), (16, 1), (12, 4)])
+def test_shards_are_disjoint_slices_of_one_global_batch(b, world):
+    _, batches = T.epoch_batches(100, b, seed=3, epoch=0)
+    for batch in batches:
+        parts = [batch[T.rank_slice(r, world, b)] for r in range(world)]
+        assert len({len(p) for p in parts}) == 1  # every rank runs the same step shape (DDP lockstep)
+        assert torch.equal(torch.cat(parts), batch)  # together: exactly the single-process batch
+        assert len(torch.cat(parts).unique()) == b  # disjoint
+
+
+def test_batching_validates_arguments():
+    with pytest.raises(ArgumentError, match="batch_size must be a positive int"):
+        T.epoch_batches(10, 0, seed=0, epoch=0)
+    with pytest.raises(ArgumentError, match="0 <= rank < world"):
+        T.rank_slice(2, 2, 8)
+    with pytest.raises(ArgumentError, match="divisible by the number of processes 3"):
+        T.rank_slice(0, 3, 8)
 
 
 @pytest.mark.parametrize("preset", ["denoiser", "pure_noise", "ddpm_time", "flow_time", "flow_class"])
