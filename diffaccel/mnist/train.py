@@ -33,9 +33,9 @@ import torch.nn.functional as nnf
 
 from .. import functional as F
 from ..schedules import ddpm_linear_schedule
-from ..errors import ArgumentError, CheckpointError
+from ..errors import ArgumentError, CheckpointError, FileFormatError
 from .checkpoint import (atomic_save_tensors, atomic_write_bytes, atomic_write_json, load_checkpoint, load_json,
-                         load_tensors, optimizer_from_tensors, optimizer_to_tensors, remove_stale_temp_files,
+                         optimizer_from_tensors, optimizer_to_tensors, read_tensors, remove_stale_temp_files,
                          save_checkpoint)
 from .data import mnist_tensors
 from .models import UNet, UNetConfig, one_hot
@@ -67,18 +67,18 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+            raise ArgumentError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.task in ("denoiser", "pure_noise"):
             self.conditioning = "none"
         elif self.conditioning not in ("time", "class"):
-            raise ValueError(f"a {self.task} model is conditioned on 'time' or 'class', got {self.conditioning!r}")
+            raise ArgumentError(f"a {self.task} model is conditioned on 'time' or 'class', got {self.conditioning!r}")
         for name in ("batch_size", "epochs", "hidden", "num_timesteps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ArgumentError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ArgumentError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.p_uncond < 1:
-            raise ValueError(f"p_uncond must be in [0, 1), got {self.p_uncond}")
+            raise ArgumentError(f"p_uncond must be in [0, 1), got {self.p_uncond}")
 
     def model_config(self) -> UNetConfig:
         injection = self.injection
@@ -105,7 +105,7 @@ PRESETS = {
 
 def preset(name: str, **overrides) -> TrainConfig:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        raise ArgumentError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     return TrainConfig(**{**PRESETS[name], **overrides})
 
 
@@ -501,20 +501,18 @@ def _train(cfg: TrainConfig, out: Path, rank: int, world: int, dev: torch.device
 
 
 def load_trained(path) -> UNet:
-    """Load ``model.safetensors`` (+ ``config.json`` beside it, or the file's metadata)."""
-    from safetensors import safe_open
-
+    """Load ``model.safetensors`` (+ ``config.json`` beside it, or the file's metadata), verified."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.safetensors"
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
+    state, meta = read_tensors(path)
     if "config" in meta:
         mcfg = UNetConfig(**json.loads(meta["config"]))
     else:
         mcfg = UNetConfig(**load_json(path.parent / "config.json")["model_config"])
     model = UNet(mcfg)
-    model.load_state_dict(load_tensors(path))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise FileFormatError(f"{path} holds the weights of another model than {mcfg}: {e}") from e
     return model.eval()
-
-
