@@ -105,7 +105,8 @@ def tensors_sha256(tensors: Dict[str, torch.Tensor], metadata: Dict[str, str]) -
     return h.hexdigest()
 
 
-def atomic_save_tensors(path: Path, tensors: Dict[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None) -> None:
+def atomic_save_tensors(path: Path, tensors: Dict[str, torch.Tensor],
+                        metadata: Optional[Dict[str, str]] = None) -> None:
     """Write ``tensors`` as one safetensors file, atomically, with their SHA-256 in the metadata."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {k: str(v) for k, v in (metadata or {}).items() if k != HASH_KEY}

@@ -8,12 +8,13 @@ One loop, four objectives:
 * ``flow``       — velocity x1 - x0 along ``x_t = (1 - t) x0 + t x1`` (flow matching).
 
 Reproducible and resumable: the data order and every noise draw of epoch ``e`` come from a
-generator seeded with ``(seed, e)`` (:func:`epoch_batches`); a checkpoint is one safetensors file
-(the model, optimizer, LR scheduler, loss history and that generator's state, the JSON state and
-a SHA-256 in its metadata) committed by one atomic rename, so ``resume=True`` after a kill at any
-instant gives the same final weights as an unbroken run, or refuses clearly. Data-parallel under ``torchrun``: every rank
-draws the same global batch and noise and takes its slice, so N processes follow the
-single-process trajectory (BatchNorm statistics are synchronised).
+generator seeded with ``(seed, e)`` (:func:`epoch_batches`); a checkpoint is one safetensors
+file (the model, optimizer, LR scheduler, loss history and that generator's state, the JSON state
+and a SHA-256 in its metadata) committed by one atomic rename, so ``resume=True`` after a kill at
+any instant gives the same final weights as an unbroken run, or refuses clearly. Data-parallel
+under ``torchrun``: every rank draws the same global batch and noise and takes its
+:func:`rank_slice`, so N processes follow the single-process trajectory (BatchNorm statistics
+are synchronised).
 """
 from __future__ import annotations
 

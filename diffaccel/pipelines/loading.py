@@ -195,9 +195,9 @@ def _unit_float(a, what: str):
     if a.dtype.kind == "f":
         a = a.astype(np.float32)
         if a.size and not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
+            bad = "" if np.isfinite(a).all() else " and NaN/Inf"
             raise FileFormatError(f"{what}: a float image must hold values in [0, 1], got "
-                                  f"[{np.nanmin(a)}, {np.nanmax(a)}]{' and NaN/Inf' if not np.isfinite(a).all() else ''}; "
-                                  "rescale it to [0, 1] or save it as 8/16-bit")
+                                  f"[{np.nanmin(a)}, {np.nanmax(a)}]{bad}; rescale it to [0, 1] or save it as 8/16-bit")
         return a
     raise FileFormatError(f"{what}: pixels of type {a.dtype} have no defined intensity range; "
                           "use uint8, uint16, bool or float in [0, 1]")
