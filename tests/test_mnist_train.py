@@ -273,8 +273,10 @@ def test_an_existing_run_needs_resume_or_overwrite(tmp_path, mnist_dir, finished
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     (fresh / "notes.txt").write_text("mine")
+    (fresh / ".draft.0123456789ab.tmp").write_text("mine too")
     T.train(_small(epochs=1), fresh, data_dir=mnist_dir, progress=False, resume=True)
     assert (fresh / "notes.txt").read_text() == "mine" and (fresh / "model.safetensors").exists()
+    assert (fresh / ".draft.0123456789ab.tmp").read_text() == "mine too"
 
 
 def test_an_incomplete_run_is_refused_never_restarted(tmp_path, mnist_dir, finished_run, one_thread):

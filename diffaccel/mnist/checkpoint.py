@@ -14,9 +14,11 @@ the JSON training state (:func:`save_checkpoint` / :func:`load_checkpoint`).
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -33,6 +35,7 @@ HASH_KEY = "sha256"
 CHECKPOINT_FORMAT = "diffaccel.checkpoint/1"
 #: Temporary files of an interrupted write are named ``.<name>.<random>.tmp``.
 TMP_SUFFIX = ".tmp"
+_TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{12}\.tmp")
 
 
 def temp_name(path: Path) -> Path:
@@ -80,13 +83,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def remove_stale_temp_files(folder: Path) -> None:
-    """Delete the temporary files a killed :func:`atomic_write_bytes` left in ``folder`` (one level)."""
+def remove_stale_temp_files(folder: Path, names: str = "*") -> None:
+    """Delete the temporary files a killed :func:`atomic_write_bytes` left in ``folder`` for
+    destinations matching the glob ``names`` (and nothing else)."""
     folder = Path(folder)
     if folder.is_dir():
         for p in folder.glob(f".*{TMP_SUFFIX}"):
-            with contextlib.suppress(OSError):
-                p.unlink()
+            m = _TEMP_NAME.fullmatch(p.name)
+            if m and fnmatch.fnmatchcase(m.group(1), names):
+                with contextlib.suppress(OSError):
+                    p.unlink()
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

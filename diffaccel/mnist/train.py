@@ -380,8 +380,9 @@ def _train(cfg: TrainConfig, out: Path, rank: int, world: int, dev: torch.device
         out.mkdir(parents=True, exist_ok=True)
         if not resuming:
             _clear_run(out)
-        for folder in (out, out / "epochs"):
-            remove_stale_temp_files(folder)
+        for name in RUN_FILES:  # what a killed write left; never anything else in the folder
+            remove_stale_temp_files(out, name)
+        remove_stale_temp_files(out / "epochs", "epoch_*.safetensors")
         if not resuming:
             atomic_write_json(out / "config.json", {"train_config": asdict(cfg),
                                                     "model_config": cfg.model_config().to_dict()})
