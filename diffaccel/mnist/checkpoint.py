@@ -211,14 +211,17 @@ def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: Dict[str, torch.
     """Inverse of :func:`optimizer_to_tensors`. ``require_state``: every parameter must have its
     state (an optimizer that has stepped), else :class:`~diffaccel.errors.CheckpointError`."""
     state: Dict[int, dict] = {}
-    for key, v in tensors.items():
-        if key.startswith("opt."):
-            _, pid, k = key.split(".", 2)
+    try:
+        for key, v in tensors.items():
+            if key.startswith("opt."):
+                _, pid, k = key.split(".", 2)
+                state.setdefault(int(pid), {})[k] = v
+        for key, v in meta.get("scalars", {}).items():
+            pid, k = key.split(".", 1)
             state.setdefault(int(pid), {})[k] = v
-    for key, v in meta.get("scalars", {}).items():
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
-    groups = meta.get("param_groups")
+    except (ValueError, AttributeError) as e:
+        raise CheckpointError(f"the checkpoint's optimizer entries are malformed ({e})") from e
+    groups = meta.get("param_groups") if isinstance(meta, dict) else None
     if not isinstance(groups, list):
         raise CheckpointError("the checkpoint has no optimizer param_groups")
     if require_state:
