@@ -15,23 +15,19 @@ import tarfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+
+from diffaccel.mnist.checkpoint import atomic_save_tensors, read_tensors
 
 
 def to_fp16(path: Path) -> None:
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors, meta = read_tensors(path)  # verified; the rewrite below gets its own content hash
     if all(not v.is_floating_point() or v.dtype == torch.float16 for v in tensors.values()):
         return
     fp32 = path.with_name(path.stem + "_fp32.safetensors")
     if not fp32.exists():
         path.replace(fp32)
-    half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
-    tmp = path.with_name("." + path.name + ".tmp")
-    save_file(half, str(tmp), metadata=meta)
-    tmp.replace(path)
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in tensors.items()}
+    atomic_save_tensors(path, half, metadata=meta)
 
 
 def main() -> None:
@@ -60,8 +56,6 @@ def main() -> None:
                 tar.add(run / "model.safetensors", arcname=f"{run.name}/model.safetensors")
                 if snap.exists():
                     tar.add(snap, arcname=f"{run.name}/epochs/{snap.name}")
-            elif (run / "checkpoint.json").exists():  # unfinished: the config and losses only
-                tar.add(run / "checkpoint.json", arcname=f"{run.name}/checkpoint.json")
         print(f"{run.name}: {'finished' if done else 'UNFINISHED'} -> {args.out / f'run-{run.name}.tar'}")
 
 

@@ -20,6 +20,12 @@ if not HAS_CUDA:
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# The library looks for MNIST only where it is told (root=, $DIFFACCEL_MNIST_DIR, its download
+# cache); the development checkout keeps a copy beside the repository, named here for every test.
+_DEV_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
+if not os.environ.get("DIFFACCEL_MNIST_DIR") and _DEV_MNIST.is_dir():
+    os.environ["DIFFACCEL_MNIST_DIR"] = str(_DEV_MNIST)
+
 
 def pytest_configure(config):
     # Also declared in pyproject.toml; repeated so this file works when run from elsewhere.
@@ -40,7 +46,7 @@ def pytest_collection_modifyitems(config, items):
 def mnist_dir() -> Path:
     """The raw MNIST files (``*-idx?-ubyte.gz``): ``$DIFFACCEL_MNIST_DIR``, else ``../shared/data/mnist``."""
     env = os.environ.get("DIFFACCEL_MNIST_DIR")
-    path = Path(env) if env else REPO_ROOT.parent / "shared" / "data" / "mnist"
+    path = Path(env) if env else _DEV_MNIST
     if not path.is_dir():
         pytest.skip(f"MNIST not found at {path} (set DIFFACCEL_MNIST_DIR)")
     return path

@@ -1,6 +1,6 @@
-"""MNIST data layer (issue 3 "Data"): reading, verification, download, minibatching.
+"""MNIST data layer (SPEC Part B "Data"): reading, verification, limits, download.
 
-Reads the development copy (``$DIFFACCEL_MNIST_DIR`` or ``../shared/data/mnist`` from the
+Reads the folder named by ``$DIFFACCEL_MNIST_DIR`` (or ``../shared/data/mnist`` from the
 repository root; skipped when absent). Downloads are only ever tested against an HTTP server
 on 127.0.0.1 started by the test itself — never the internet.
 """
@@ -44,7 +44,6 @@ def _isolated_env(monkeypatch, tmp_path):
     monkeypatch.delenv(md.ENV_VAR, raising=False)
     monkeypatch.delenv(md.MIRRORS_ENV_VAR, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
-    monkeypatch.setattr(md, "_dev_copy", lambda: tmp_path / "no-dev-copy")
     md.clear_cache()
     yield
     md.clear_cache()
@@ -153,7 +152,7 @@ def test_resolve_root_explains_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv(md.ENV_VAR, str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match=rf"\${md.ENV_VAR}.*\n.*no such folder"):
         md.resolve_root()
-    with pytest.raises(FileNotFoundError, match="default locations"):
+    with pytest.raises(FileNotFoundError, match="default location"):
         monkeypatch.delenv(md.ENV_VAR)
         md.resolve_root()
     with pytest.raises(ValueError, match="split must be one of"):
@@ -406,77 +405,62 @@ def test_failed_write_leaves_no_partial_file(mnist_dir, tmp_path, monkeypatch):
     assert _files(dest) == []
 
 
-# ----------------------------------------------------------------------------- batching
-def test_full_train_load_is_fast_and_an_epoch_covers_every_index(mnist_dir):
+# ----------------------------------------------------------------------------- limits
+def _gzip_bomb(dest: Path, name: str, header: bytes, raw_mb: int = 1024) -> Path:
+    """A ~1 MB ``<name>.gz`` that decompresses to ``header`` + ``raw_mb`` MiB of zeros (gzip
+    members concatenated: a valid stream, cheap to build)."""
+    member = gzip.compress(b"\0" * (16 << 20), compresslevel=9)
+    path = dest / (name + ".gz")
+    with open(path, "wb") as fh:
+        fh.write(gzip.compress(header))
+        for _ in range(raw_mb // 16):
+            fh.write(member)
+    return path
+
+
+@pytest.mark.parametrize("verify", [True, False])
+@pytest.mark.parametrize("header", ["garbage", "valid-standard", "huge"])
+def test_gzip_bomb_fails_fast_in_bounded_memory(tmp_path, verify, header):
+    import tracemalloc
+
+    f = md.MNIST_FILES["t10k-images-idx3-ubyte"]
+    head = {"garbage": b"\0" * 16,
+            "valid-standard": struct.pack(">HBB3I", 0, 8, 3, 10000, 28, 28),  # then 1 GiB too many
+            "huge": struct.pack(">HBB3I", 0, 8, 3, 4_000_000, 28, 28)}[header]  # declares 3.1 GB
+    bomb = _gzip_bomb(tmp_path, f.name, head)
+    assert bomb.stat().st_size < 2 << 20
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_raw_labels_stub())
+    tracemalloc.start()
     t0 = time.perf_counter()
-    x, y = md.mnist_tensors("train", mnist_dir)
-    assert time.perf_counter() - t0 < 5.0
-    n, b = x.shape[0], 256
-    ids = torch.arange(n)
-    t0 = time.perf_counter()
-    batches = list(md.iterate_minibatches(x, ids, b, torch.Generator().manual_seed(0)))
-    assert time.perf_counter() - t0 < 5.0
-    assert len(batches) == md.num_batches(n, b) == -(-n // b) == 235
-    assert [len(i) for _, i in batches[:-1]] == [b] * 234 and len(batches[-1][1]) == n - 234 * b
-    seen = torch.cat([i for _, i in batches])
-    assert torch.equal(seen.sort().values, ids)  # each index exactly once
-    assert not torch.equal(seen, ids)  # shuffled
-    xb, ib = batches[7]
-    assert torch.equal(xb, x[ib]) and torch.equal(y[ib], y.index_select(0, ib))
-    dropped = list(md.iterate_minibatches(x, None, b, torch.Generator().manual_seed(0), drop_last=True))
-    assert len(dropped) == 234 == md.num_batches(n, b, drop_last=True) and dropped[0][1] is None
+    try:
+        with pytest.raises(md.MNISTDataError, match=r"t10k-images-idx3-ubyte\.gz: (bad IDX magic|has trailing"
+                                                     r"|its header .* declares)"):
+            md.load_mnist("test", tmp_path, verify=verify)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < f.nbytes + (8 << 20)  # at most the one file MNIST can be, never the bomb's GiB
+    assert time.perf_counter() - t0 < 20
 
 
-@pytest.mark.parametrize("n,b,world,drop_last", [(100, 7, 3, False), (100, 7, 3, True),
-                                                 (84, 7, 3, False), (5, 4, 3, False)])
-def test_shards_are_disjoint_slices_of_one_global_batch(n, b, world, drop_last):
-    x = torch.arange(n, dtype=torch.float32).view(n, 1)
-    ids = torch.arange(n)
-    single = [i for _, i in md.iterate_minibatches(x, ids, b * world, torch.Generator().manual_seed(3),
-                                                   drop_last=drop_last)]
-    ranks = [[i for _, i in md.iterate_minibatches(x, ids, b, torch.Generator().manual_seed(3),
-                                                   drop_last=drop_last, shard=(r, world))]
-             for r in range(world)]
-    steps = md.num_batches(n, b, drop_last, world)
-    assert all(len(r) == steps for r in ranks) and len(single) == steps
-    for k in range(steps):
-        sizes = {len(r[k]) for r in ranks}
-        assert len(sizes) == 1  # every rank runs the same step shape (DDP lockstep)
-        union = torch.cat([r[k] for r in ranks])
-        if len(union) == len(single[k]):  # full steps: exactly the single-process batch
-            assert torch.equal(union, single[k])
-        else:  # padded last step: the single batch plus wrapped items from the epoch start
-            assert torch.equal(union[:len(single[k])], single[k])
-    if not drop_last:
-        covered = torch.cat([torch.cat(r) for r in ranks]).unique()
-        assert torch.equal(covered, ids)
-    full_steps = n // (b * world)
-    for k in range(full_steps):
-        assert len(torch.cat([r[k] for r in ranks]).unique()) == b * world  # disjoint
+def _raw_labels_stub() -> bytes:
+    return _idx(torch.zeros(10000, dtype=torch.uint8))
 
 
-def test_mnist_batches_depend_only_on_seed_and_epoch():
-    x = torch.arange(50, dtype=torch.float32).view(50, 1)
-    y = torch.arange(50)
-    a, b = md.MNISTBatches(x, y, 8, seed=1), md.MNISTBatches(x, y, 8, seed=1)
-    assert len(a) == 7
-    first = [yb for _, yb in a]
-    assert all(torch.equal(p, q) for p, q in zip(first, [yb for _, yb in a]))  # re-iterable
-    b.set_epoch(3)
-    a.set_epoch(3)
-    assert all(torch.equal(p, q) for p, q in zip([yb for _, yb in a], [yb for _, yb in b]))
-    assert not torch.equal(torch.cat(first), torch.cat([yb for _, yb in a]))
-    assert not torch.equal(torch.cat(first), torch.cat([yb for _, yb in md.MNISTBatches(x, y, 8, seed=2)]))
-    assert len(md.MNISTBatches(x, y, 8, shard=(1, 2), drop_last=True)) == 3
+def test_raw_file_size_is_checked_before_reading(tmp_path):
+    images, labels = _tiny()
+    folder = _write_tiny(tmp_path, images, labels)
+    p = folder / "t10k-images-idx3-ubyte"
+    with open(p, "ab") as fh:  # a sparse 2 GB tail: reading it would take 2 GB
+        fh.truncate(2 << 30)
+    with pytest.raises(md.MNISTDataError, match=r"has trailing bytes: 2147483648 bytes"):
+        md.load_mnist("test", folder, verify=False)
 
 
-def test_batching_validates_arguments():
-    x, y = torch.zeros(10, 1), torch.zeros(10)
-    with pytest.raises(ValueError, match="batch_size must be a positive int"):
-        next(md.iterate_minibatches(x, y, 0))
-    with pytest.raises(ValueError, match="shard must be"):
-        next(md.iterate_minibatches(x, y, 2, shard=(2, 2)))
-    with pytest.raises(ValueError, match="y must have one entry per row of x"):
-        md.MNISTBatches(x, y[:9], 2)
+def test_data_errors_are_the_package_error_types():
+    from diffaccel import errors
+
+    assert issubclass(md.MNISTDataError, errors.FileFormatError) and issubclass(md.MNISTDataError, ValueError)
+    assert issubclass(md.MNISTDownloadError, errors.DownloadError)
     with pytest.raises(TypeError, match="dtype must be a floating dtype"):
         md.mnist_tensors("test", dtype=torch.int32)

@@ -1,4 +1,4 @@
-"""MNIST as whole in-memory tensors: read, verify, download, shuffle (SPEC Part B "Data").
+"""MNIST as whole in-memory tensors: read, verify, download (SPEC Part B "Data").
 
 The four IDX files of the standard distribution (gzipped or not) are read from a folder named
 by the caller, or ``$DIFFACCEL_MNIST_DIR``, or the download cache. Content is checked against
@@ -7,7 +7,11 @@ Pixels come back as ``x = uint8 / 255`` in ``[0, 1]`` (SPEC Part B: "pixels scal
 [0, 1]").
 
 An epoch never touches a Python object per image: the whole split is one tensor and a
-minibatch is one ``index_select`` with a slice of a ``randperm`` (:func:`iterate_minibatches`).
+minibatch is one gather with a row of a ``randperm`` (``diffaccel.mnist.train.epoch_batches``).
+
+Reading is bounded: the IDX header is checked before the payload is read, and decompression
+stops at the size the header (and, with ``verify=True``, the standard file) allows, so a
+gzip bomb fails after a few bytes of output instead of filling memory.
 
 IDX format (big-endian): ``0x00 0x00 <dtype> <ndim>``, then ``ndim`` uint32 sizes, then the
 data in C order. MNIST uses dtype ``0x08`` (uint8): images ``[N, 28, 28]``, labels ``[N]``.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import struct
 import threading
@@ -23,10 +28,11 @@ import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import BinaryIO, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..errors import ArgumentError, ArgumentTypeError, DownloadError, FileFormatError, MissingFileError
 from .checkpoint import atomic_write_bytes
 
 __all__ = [
@@ -36,15 +42,12 @@ __all__ = [
     "MIRRORS_ENV_VAR",
     "MNISTDataError",
     "MNISTDownloadError",
-    "MNISTBatches",
     "default_cache_dir",
     "resolve_root",
     "load_mnist",
     "mnist_tensors",
     "clear_cache",
     "download_mnist",
-    "iterate_minibatches",
-    "num_batches",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -104,18 +107,18 @@ MNIST_FILES: Dict[str, MNISTFile] = {
 }
 
 
-class MNISTDataError(ValueError):
-    """An MNIST file on disk is truncated, corrupt, or not the expected content."""
+class MNISTDataError(FileFormatError):
+    """An MNIST file on disk is truncated, corrupt, too large, or not the expected content."""
 
 
-class MNISTDownloadError(RuntimeError):
+class MNISTDownloadError(DownloadError):
     """No mirror delivered a file with the expected content."""
 
 
 # ----------------------------------------------------------------------------- locating
 def _check_split(split: str) -> str:
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise ArgumentError(f"split must be one of {SPLITS}, got {split!r}")
     return split
 
 
@@ -149,23 +152,17 @@ def default_cache_dir() -> Path:
     return Path(base) / "diffaccel" / "mnist"
 
 
-def _dev_copy() -> Path:
-    # The development checkout keeps a copy beside the repository (``../shared/data/mnist``
-    # from the project root); it is only a fallback and absent on a user's machine.
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
-
-
 def resolve_root(root: Optional[PathLike] = None, split: Optional[str] = None,
                  download: bool = False) -> Path:
     """The folder to read MNIST from.
 
     Order: ``root`` if given, else ``$DIFFACCEL_MNIST_DIR`` if set (an explicit choice is never
-    second-guessed), else the first of the download cache (:func:`default_cache_dir`) and the
-    development copy that holds the files of ``split`` (both splits when ``None``).
+    second-guessed), else the download cache (:func:`default_cache_dir`).
 
     With ``download=True`` the folder need not hold the files yet: the explicit folder, or the
     cache, is returned for :func:`download_mnist` to fill. Otherwise a folder without the files
-    raises ``FileNotFoundError`` saying which files are missing and how to provide them.
+    raises :class:`~diffaccel.errors.MissingFileError` (a ``FileNotFoundError``) saying which
+    files are missing and how to provide them.
     """
     if split is not None:
         _check_split(split)
@@ -174,7 +171,7 @@ def resolve_root(root: Optional[PathLike] = None, split: Optional[str] = None,
     elif os.environ.get(ENV_VAR):
         candidates, source = [Path(os.environ[ENV_VAR]).expanduser()], f"${ENV_VAR}"
     else:
-        candidates, source = [default_cache_dir(), _dev_copy()], "the default locations"
+        candidates, source = [default_cache_dir()], "the default location"
     for c in candidates:
         if c.is_dir() and not _missing(c, split):
             return c.resolve()
@@ -183,7 +180,7 @@ def resolve_root(root: Optional[PathLike] = None, split: Optional[str] = None,
     looked = "\n".join(
         f"  {c}: " + ("no such folder" if not c.is_dir() else "missing " + ", ".join(_missing(c, split)))
         for c in candidates)
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"MNIST not found in {source}:\n{looked}\n"
         "Each file may be raw or gzipped (e.g. train-images-idx3-ubyte or "
         "train-images-idx3-ubyte.gz). To fix, do one of:\n"
@@ -194,21 +191,116 @@ def resolve_root(root: Optional[PathLike] = None, split: Optional[str] = None,
 
 
 # ----------------------------------------------------------------------------- reading
-def _decompress(data: bytes, path: Union[Path, str]) -> bytes:
+#: The most bytes an IDX file may declare when read with ``verify=False`` (same-format sets larger
+#: than MNIST, e.g. EMNIST, fit); with ``verify=True`` the cap is the standard file's own size.
+MAX_IDX_BYTES = 1 << 30
+
+
+class _IDX:
+    """One IDX file read and checked: its header bytes, its payload, and its dims."""
+
+    def __init__(self, header: bytes, payload: bytearray, dims: Tuple[int, ...]):
+        self.header, self.payload, self.dims = header, payload, dims
+
+    def tensor(self) -> torch.Tensor:
+        if not self.payload:  # torch.frombuffer rejects an empty buffer
+            return torch.empty(self.dims, dtype=torch.uint8)
+        return torch.frombuffer(self.payload, dtype=torch.uint8).view(*self.dims)  # no copy
+
+    def raw(self) -> bytes:
+        return self.header + bytes(self.payload)
+
+
+def _read_exactly(fh: BinaryIO, n: int) -> bytearray:
+    """Up to ``n`` bytes (fewer only at the end of the stream); never more than ``n`` in memory."""
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:  # in chunks: a decompressing reader may buffer a whole request
+        k = fh.readinto(view[got:got + (1 << 20)])
+        if not k:
+            break
+        got += k
+    del view
+    if got < n:
+        del buf[got:]
+    return buf
+
+
+def _read_idx(fh: BinaryIO, f: MNISTFile, where: Union[Path, str], limit: int,
+              size: Optional[int] = None) -> _IDX:
+    """Read one IDX stream, checking every header field against ``f`` *before* the payload.
+
+    Only the layout is enforced (ndim, 28x28 images; any N), so that ``verify=False`` accepts
+    same-format sets (Fashion-MNIST); ``verify=True`` pins the exact content by checksum. The
+    payload read is capped at what the header declares, which must be at most ``limit`` bytes;
+    ``size`` (the file size of an uncompressed file) is checked before anything is read.
+    """
+    ndim = len(f.shape)
+    magic = fh.read(4)
+    if len(magic) < 4:
+        raise MNISTDataError(f"{where}: {len(magic)} bytes, too short for an IDX header "
+                             f"(expected {f.nbytes} bytes for {f.name})")
+    zero, dtype, got_ndim = struct.unpack(">HBB", magic)
+    if zero != 0 or dtype != _IDX_UBYTE or got_ndim != ndim:
+        raise MNISTDataError(
+            f"{where}: bad IDX magic {magic.hex()}, expected 0000{_IDX_UBYTE:02x}{ndim:02x} "
+            f"(uint8, {ndim}-D {f.kind}) for {f.name}")
+    sizes = fh.read(4 * ndim)
+    header = magic + sizes
+    if len(sizes) < 4 * ndim:
+        raise MNISTDataError(f"{where}: truncated IDX header ({len(header)} bytes, expected {4 + 4 * ndim})")
+    dims = struct.unpack(f">{ndim}I", sizes)
+    if f.kind == "images" and dims[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise MNISTDataError(f"{where}: images are {dims[1]}x{dims[2]}, expected "
+                             f"{IMAGE_SIZE}x{IMAGE_SIZE} (dims {dims}, expected [N, 28, 28])")
+    payload = 1
+    for d in dims:
+        payload *= d
+    total = len(header) + payload
+    if total > limit:
+        raise MNISTDataError(f"{where}: its header {list(dims)} declares {total} bytes, more than the "
+                             f"{limit} bytes allowed for {f.name} (not MNIST, or a decompression bomb)")
+    if size is not None and size != total:
+        state = "truncated" if size < total else "has trailing bytes"
+        raise MNISTDataError(f"{where}: {state}: {size} bytes, but its header {list(dims)} "
+                             f"needs {total} bytes")
+    data = _read_exactly(fh, payload)
+    if len(data) < payload:
+        raise MNISTDataError(f"{where}: truncated: {len(header) + len(data)} bytes, but its header "
+                             f"{list(dims)} needs {total} bytes")
+    if fh.read(1):
+        raise MNISTDataError(f"{where}: has trailing bytes: more than the {total} bytes its header "
+                             f"{list(dims)} needs")
+    return _IDX(header, data, dims)
+
+
+def _gzip_error(where: Union[Path, str], e: BaseException) -> MNISTDataError:
+    return MNISTDataError(f"{where}: corrupt or truncated gzip data ({e}); delete it and download it again")
+
+
+def _read_file(path: Path, f: MNISTFile, limit: int) -> _IDX:
+    if path.suffix != ".gz":
+        with open(path, "rb") as fh:
+            return _read_idx(fh, f, path, limit, size=os.fstat(fh.fileno()).st_size)
     try:
-        return gzip.decompress(data)
+        with gzip.open(path, "rb") as fh:
+            return _read_idx(fh, f, path, limit)
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
-        raise MNISTDataError(f"{path}: corrupt or truncated gzip data ({e}); "
-                             "delete it and download it again") from e
+        raise _gzip_error(path, e) from e
 
 
-def _read_bytes(path: Path) -> bytes:
-    data = path.read_bytes()
-    return _decompress(data, path) if path.suffix == ".gz" else data
+def _gunzip_download(data: bytes, f: MNISTFile, url: str) -> _IDX:
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as fh:
+            return _read_idx(fh, f, url, f.nbytes)
+    except (OSError, EOFError, zlib.error) as e:
+        raise _gzip_error(url, e) from e
 
 
-def _check_sha256(raw: bytes, f: MNISTFile, where: Union[Path, str]) -> None:
-    got = hashlib.sha256(raw).hexdigest()
+def _check_sha256(idx: _IDX, f: MNISTFile, where: Union[Path, str]) -> None:
+    h = hashlib.sha256(idx.header)
+    h.update(idx.payload)
+    got = h.hexdigest()
     if got != f.sha256:
         raise MNISTDataError(
             f"{where}: SHA-256 of the decompressed content is {got}, expected {f.sha256} "
@@ -217,51 +309,14 @@ def _check_sha256(raw: bytes, f: MNISTFile, where: Union[Path, str]) -> None:
             "such as Fashion-MNIST)")
 
 
-def _parse_idx(raw: bytes, f: MNISTFile, where: Union[Path, str]) -> torch.Tensor:
-    """Parse one IDX buffer into a uint8 tensor, checking every header field against ``f``.
-
-    Only the layout is enforced (ndim, 28x28 images; any N), so that ``verify=False`` accepts
-    same-format sets (Fashion-MNIST); ``verify=True`` pins the exact content by checksum.
-    """
-    ndim = len(f.shape)
-    if len(raw) < 4:
-        raise MNISTDataError(f"{where}: {len(raw)} bytes, too short for an IDX header "
-                             f"(expected {f.nbytes} bytes for {f.name})")
-    zero, dtype, got_ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype != _IDX_UBYTE or got_ndim != ndim:
-        raise MNISTDataError(
-            f"{where}: bad IDX magic {raw[:4].hex()}, expected 0000{_IDX_UBYTE:02x}{ndim:02x} "
-            f"(uint8, {ndim}-D {f.kind}) for {f.name}")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise MNISTDataError(f"{where}: truncated IDX header ({len(raw)} bytes, "
-                             f"expected {header})")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    if f.kind == "images" and dims[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise MNISTDataError(f"{where}: images are {dims[1]}x{dims[2]}, expected "
-                             f"{IMAGE_SIZE}x{IMAGE_SIZE} (dims {dims}, expected [N, 28, 28])")
-    payload = 1
-    for d in dims:
-        payload *= d
-    if len(raw) != header + payload:
-        state = "truncated" if len(raw) < header + payload else "has trailing bytes"
-        raise MNISTDataError(f"{where}: {state}: {len(raw)} bytes, but its header {list(dims)} "
-                             f"needs {header + payload} bytes")
-    if payload == 0:  # torch.frombuffer rejects an empty buffer
-        return torch.empty(dims, dtype=torch.uint8)
-    # bytearray: torch.frombuffer wants a writable buffer; one copy, no per-item work.
-    return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).view(*dims)
-
-
 def _load_file(root: Path, f: MNISTFile, verify: bool) -> torch.Tensor:
     path = _find(root, f)
     if path is None:
-        raise FileNotFoundError(f"{root}: neither {f.name} nor {f.name}.gz exists")
-    raw = _read_bytes(path)
-    t = _parse_idx(raw, f, path)  # structural errors first: they say more than a checksum
+        raise MissingFileError(f"{root}: neither {f.name} nor {f.name}.gz exists")
+    idx = _read_file(path, f, f.nbytes if verify else MAX_IDX_BYTES)  # structure first: it says more
     if verify:
-        _check_sha256(raw, f, path)
-    return t
+        _check_sha256(idx, f, path)
+    return idx.tensor()
 
 
 def load_mnist(split: str = "train", root: Optional[PathLike] = None, download: bool = False,
@@ -305,7 +360,7 @@ def mnist_tensors(split: str = "train", root: Optional[PathLike] = None, downloa
     """
     _check_split(split)
     if not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+        raise ArgumentTypeError(f"dtype must be a floating dtype, got {dtype}")
     device = torch.device(device)
     folder = resolve_root(root, split, download=download)
     key = (str(folder), split)
@@ -341,9 +396,7 @@ def _fetch(url: str, timeout: float) -> bytes:
 
 def _is_valid(path: Path, f: MNISTFile) -> bool:
     try:
-        raw = _read_bytes(path)
-        _parse_idx(raw, f, path)
-        _check_sha256(raw, f, path)
+        _check_sha256(_read_file(path, f, f.nbytes), f, path)
         return True
     except (OSError, MNISTDataError):
         return False
@@ -362,13 +415,13 @@ def download_mnist(root: Optional[PathLike] = None, mirrors: Optional[Sequence[s
     mirror's failure when none delivers; no partial file is ever left.
     """
     if timeout is None or not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        raise ArgumentError(f"timeout must be a positive number of seconds, got {timeout!r}")
     if mirrors is None:
         env = os.environ.get(MIRRORS_ENV_VAR, "")
         mirrors = [m.strip() for m in env.split(",") if m.strip()] or DEFAULT_MIRRORS
     mirrors = list(mirrors)
     if not mirrors:
-        raise ValueError("mirrors must name at least one base URL")
+        raise ArgumentError("mirrors must name at least one base URL")
     folder = Path(root).expanduser() if root is not None else resolve_root(None, split, True)
     folder.mkdir(parents=True, exist_ok=True)
     for f in _files_of(split):
@@ -380,13 +433,13 @@ def download_mnist(root: Optional[PathLike] = None, mirrors: Optional[Sequence[s
             url = base.rstrip("/") + "/" + f.name + ".gz"
             try:
                 data = _fetch(url, timeout)
-                raw = _decompress(data, url)
-                _check_sha256(raw, f, url)
+                idx = _gunzip_download(data, f, url)
+                _check_sha256(idx, f, url)
             except (OSError, MNISTDataError) as e:  # URLError, timeouts, resets are OSErrors
                 errors.append(f"  {url}: {e}")
                 continue
             if existing is not None and existing.suffix != ".gz":
-                atomic_write_bytes(existing, raw)
+                atomic_write_bytes(existing, idx.raw())
             else:
                 atomic_write_bytes(folder / (f.name + ".gz"), data)
             break
@@ -397,108 +450,3 @@ def download_mnist(root: Optional[PathLike] = None, mirrors: Optional[Sequence[s
                 f"\nCheck the network, or copy the four MNIST files into a folder and set "
                 f"{ENV_VAR} (or pass --data-dir).")
     return folder.resolve()
-
-
-# ----------------------------------------------------------------------------- batching
-def num_batches(n: int, batch_size: int, drop_last: bool = False, world: int = 1) -> int:
-    """Batches per epoch (per rank) of :func:`iterate_minibatches` over ``n`` items."""
-    per_step = batch_size * world
-    return n // per_step if drop_last else -(-n // per_step)
-
-
-def _check_batching(x: torch.Tensor, y: Optional[torch.Tensor], batch_size: int,
-                    shard: Optional[Tuple[int, int]]) -> Tuple[int, int]:
-    if y is not None and y.shape[0] != x.shape[0]:
-        raise ValueError(f"y must have one entry per row of x ({x.shape[0]}), got {y.shape[0]}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    rank, world = (0, 1) if shard is None else shard
-    if not (isinstance(world, int) and isinstance(rank, int) and world >= 1 and 0 <= rank < world):
-        raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard!r}")
-    return rank, world
-
-
-def _epoch_indices(n: int, batch_size: int, generator: Optional[torch.Generator],
-                   drop_last: bool, rank: int, world: int) -> List[torch.Tensor]:
-    """This rank's index batches for one epoch, all slices of one global permutation.
-
-    Global step ``k`` takes ``perm[k*B*W : (k+1)*B*W]`` (``B`` = per-rank batch, ``W`` = world)
-    and rank ``r`` its ``r``-th block of ``B``: the ranks' batches are disjoint and together
-    are exactly the batch one process with batch ``B*W`` would see. A short last step is
-    split evenly, topped up by wrapping to the start of the permutation (as
-    ``DistributedSampler`` pads) so every rank runs the same number of equally sized steps.
-    """
-    gen_device = generator.device if generator is not None else torch.device("cpu")
-    perm = torch.randperm(n, generator=generator, device=gen_device)
-    step = batch_size * world
-    full = n // step
-    body = perm[: full * step].view(full, world, batch_size)[:, rank]
-    batches = list(body.unbind(0))
-    tail = n - full * step
-    if tail and not drop_last:
-        if world == 1:
-            batches.append(perm[full * step:])
-        else:
-            per_rank = -(-tail // world)
-            padded = perm[full * step:]
-            if per_rank * world > tail:  # wrap: reuse the first items of this epoch's order
-                padded = torch.cat([padded, perm[: per_rank * world - tail]])
-            batches.append(padded.view(world, per_rank)[rank])
-    return batches
-
-
-def iterate_minibatches(x: torch.Tensor, y: Optional[torch.Tensor], batch_size: int,
-                        generator: Optional[torch.Generator] = None, drop_last: bool = False,
-                        shard: Optional[Tuple[int, int]] = None,
-                        ) -> Iterator[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
-    """Yield shuffled ``(x[idx], y[idx])`` minibatches covering one epoch.
-
-    One ``randperm`` per epoch (from ``generator``, so a seed fixes the order), moved once to
-    ``x.device``; each batch is one gather of the whole tensors — no per-item Python work, no
-    host sync per batch. Without ``shard`` every index appears exactly once (the last batch
-    is short unless ``drop_last``). With ``shard=(rank, world)`` (DDP) ``batch_size`` is per
-    rank and each rank gets a disjoint slice of the same permutation (every rank must pass an
-    identically seeded generator); see :func:`_epoch_indices`.
-    """
-    rank, world = _check_batching(x, y, batch_size, shard)
-    batches = _epoch_indices(x.shape[0], batch_size, generator, drop_last, rank, world)
-    if not batches:
-        return
-    # One transfer per epoch; the per-batch slices below are views of it.
-    flat = torch.cat(batches).to(x.device, non_blocking=True)
-    start = 0
-    for b in batches:
-        idx = flat[start:start + b.numel()]
-        start += b.numel()
-        yield x.index_select(0, idx), (None if y is None else y.index_select(0, idx.to(y.device)))
-
-
-class MNISTBatches:
-    """A re-iterable epoch of shuffled minibatches whose order depends only on ``(seed, epoch)``.
-
-    ``for xb, yb in batches`` iterates one epoch; :meth:`set_epoch` (as with
-    ``DistributedSampler``) picks the epoch, so a resumed run replays exactly the order an
-    unbroken run would have seen, and all DDP ranks agree on the permutation.
-    """
-
-    def __init__(self, x: torch.Tensor, y: Optional[torch.Tensor], batch_size: int,
-                 seed: int = 0, drop_last: bool = False,
-                 shard: Optional[Tuple[int, int]] = None) -> None:
-        self.rank, self.world = _check_batching(x, y, batch_size, shard)
-        self.x, self.y, self.batch_size = x, y, batch_size
-        self.seed, self.drop_last, self.shard = int(seed), drop_last, shard
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def generator(self) -> torch.Generator:
-        # seed and epoch mixed so consecutive seeds don't share shifted epoch orders.
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-
-    def __len__(self) -> int:
-        return num_batches(self.x.shape[0], self.batch_size, self.drop_last, self.world)
-
-    def __iter__(self) -> Iterator[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
-        return iterate_minibatches(self.x, self.y, self.batch_size, self.generator(),
-                                   self.drop_last, self.shard)

@@ -12,6 +12,7 @@ from typing import Optional, Union
 
 import torch
 
+from ..errors import ArgumentError, FileFormatError, MissingFileError
 from ..schedules import ddpm_linear_schedule
 from .checkpoint import load_json, load_tensors
 from .models import UNet, UNetConfig, load_weights
@@ -90,16 +91,22 @@ class MNISTDiffusion:
                        weights: Optional[Union[str, Path]] = None) -> "MNISTDiffusion":
         """Load a training output folder (``config.json`` + ``model.safetensors`` or ``weights``)."""
         path = Path(path)
+        if not (path / "config.json").is_file():
+            raise MissingFileError(f"{path} is not a training output folder: it has no config.json "
+                                   "(written when `diffaccel mnist train --out` starts)")
         cfg = load_json(path / "config.json")
         return _build(name or path.name, cfg, Path(weights) if weights else path / "model.safetensors")
 
 
 def _build(name: str, cfg: dict, weights: Path) -> "MNISTDiffusion":
     if not isinstance(cfg, dict) or "train_config" not in cfg or "model_config" not in cfg:
-        raise ValueError(f"the config of MNIST model {name!r} has no train_config/model_config "
+        raise FileFormatError(f"the config of MNIST model {name!r} has no train_config/model_config "
                          "(expected the config.json a training run writes)")
     tcfg, mcfg = cfg["train_config"], cfg["model_config"]
-    model = UNet(UNetConfig(**mcfg))
+    try:
+        model = UNet(UNetConfig(**mcfg))
+    except (TypeError, ValueError) as e:
+        raise FileFormatError(f"the model_config of MNIST model {name!r} is not valid: {e}") from e
     load_weights(model, load_tensors(weights), weights)
     model.eval()
     kind = tcfg["task"]
@@ -129,17 +136,17 @@ def load_pretrained(name: str, device: Union[str, torch.device] = "cpu", epoch: 
     / 5"; for a training folder, ``epochs/epoch_00k.safetensors``).
     """
     p = Path(name)
-    if p.is_dir() and (p / "config.json").exists():
+    if p.is_dir():
         weights = p / "epochs" / f"epoch_{epoch:03d}.safetensors" if epoch else None
         return MNISTDiffusion.from_train_dir(p, weights=weights).to(device)
     names = list_pretrained()
     if name not in names:
-        raise ValueError(f"unknown pretrained MNIST model {name!r}; shipped: {names} "
+        raise ArgumentError(f"unknown pretrained MNIST model {name!r}; shipped: {names} "
                          "(or pass a training output folder)")
     cfg = load_json(WEIGHTS_DIR / f"{name}.json")
     weights = WEIGHTS_DIR / f"{name}.safetensors"
     if epoch is not None:
         if epoch not in pretrained_epochs(name):
-            raise ValueError(f"no snapshot of {name!r} after epoch {epoch}; shipped: {pretrained_epochs(name)}")
+            raise ArgumentError(f"no snapshot of {name!r} after epoch {epoch}; shipped: {pretrained_epochs(name)}")
         weights = WEIGHTS_DIR / f"{name}.epoch{epoch}.safetensors"
     return _build(name, cfg, weights).to(device)

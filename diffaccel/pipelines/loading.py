@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import os
 import pickle
+from contextlib import nullcontext as _nullcontext
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import FileFormatError, MissingFileError
+from ..errors import ArgumentError, FileFormatError, MissingFileError
 from .denoisers import IF_SCHEDULER_CONFIG, IFDenoiser, IFSuperResDenoiser
 
-__all__ = ["load_if_stage", "load_prompt_embeds", "save_prompt_embeds", "encode_prompts", "load_image", "load_mask"]
+__all__ = ["load_if_stage", "load_prompt_embeds", "save_prompt_embeds", "encode_prompts", "load_image", "load_mask",
+           "MAX_IMAGE_PIXELS"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -185,37 +187,181 @@ def _size(size) -> Tuple[int, int]:
     if isinstance(size, int):
         size = (size, size)
     if len(size) != 2 or any(not isinstance(s, int) or s < 1 for s in size):
-        raise ValueError(f"size must be an int or (H, W) of positive ints, got {size!r}")
+        raise ArgumentError(f"size must be an int or (H, W) of positive ints, got {size!r}")
     return tuple(size)
 
 
-def load_image(path_or_image, size: Union[int, Tuple[int, int]] = 64,
-               value_range: Tuple[float, float] = (-1.0, 1.0), channels: int = 3) -> torch.Tensor:
-    """Any image file (or PIL image / uint8 HxW(xC) array) -> [1, channels, H, W] float in ``value_range``.
+#: The most pixels an image file may have after Pillow's ``draft`` (JPEG decodes at a reduced
+#: scale first) for :func:`load_image`; larger files are refused instead of decoded. 8192 x 8192:
+#: decoding takes up to 256 MB (4 bytes a pixel), and every model here works at 256 x 256 or less.
+MAX_IMAGE_PIXELS = 1 << 26
 
-    Center-cropped to the target aspect ratio and resized (SPEC A1.7.1: web images and drawings).
+_WITH_ALPHA = ("RGBA", "LA", "P", "PA", "La", "RGBa")
+_EIGHT_BIT = ("1", "L", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+
+
+def _unit_float(a, what: str):
+    """A numpy array of intensities -> float32 in [0, 1] by its type's nominal range: uint8 / 255,
+    uint16 / 65535, bool as 0/1, float as is (it must already lie in [0, 1])."""
+    import numpy as np
+
+    a = np.asarray(a)
+    if a.dtype == np.bool_:
+        return a.astype(np.float32)
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    if a.dtype == np.uint16 or a.dtype == np.dtype(">u2"):
+        return a.astype(np.float32) / 65535.0
+    if a.dtype.kind == "f":
+        a = a.astype(np.float32)
+        if a.size and not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
+            bad = "" if np.isfinite(a).all() else " and NaN/Inf"
+            raise FileFormatError(f"{what}: a float image must hold values in [0, 1], got "
+                                  f"[{np.nanmin(a)}, {np.nanmax(a)}]{bad}; rescale it to [0, 1] or save it as 8/16-bit")
+        return a
+    raise FileFormatError(f"{what}: pixels of type {a.dtype} have no defined intensity range; "
+                          "use uint8, uint16, bool or float in [0, 1]")
+
+
+def _int32_top(im, what: str) -> int:
+    """The full-scale value of a Pillow mode "I" image (32-bit integers, e.g. TIFF): from the
+    file's bit depth (TIFF tag 258) and sample format (tag 339: 2 = signed)."""
+    tags = getattr(im, "tag_v2", None) or {}
+    bits = tags.get(258, None)
+    bits = int(bits[0] if isinstance(bits, tuple) else bits) if bits else None
+    if bits is None:
+        raise FileFormatError(f"{what}: a 32-bit integer image without a stated bit depth has no defined "
+                              "intensity range; save it as 8/16-bit or as float in [0, 1]")
+    signed = tags.get(339, 1) in (2, (2,))
+    return 2 ** (bits - 1) - 1 if signed else 2 ** bits - 1
+
+
+def _open_image(path: Path, what: str, max_pixels: int, target: Optional[Tuple[int, int]]):
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise MissingFileError(f"{what}: no such file {os.fspath(path)!r}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below instead
+            im = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise FileFormatError(f"{what} {os.fspath(path)!r} declares too many pixels to decode safely "
+                              f"({e}); the limit is {max_pixels} pixels: resize it first") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise FileFormatError(f"{what} {os.fspath(path)!r} is not an image file Pillow can read: {e}") from None
+    if im.format == "JPEG" and target is not None:  # decode at a reduced scale (DCT scaling), still >= 2x the target
+        im.draft(im.mode, (2 * target[1], 2 * target[0]))
+    w, h = im.size
+    if w * h > max_pixels:
+        im.close()
+        raise FileFormatError(f"{what} {os.fspath(path)!r} is {w}x{h} = {w * h} pixels, more than the "
+                              f"{max_pixels} that load_image decodes (MAX_IMAGE_PIXELS); resize it first")
+    try:
+        im.load()
+    except (OSError, ValueError, SyntaxError) as e:
+        raise FileFormatError(f"{what} {os.fspath(path)!r} cannot be decoded (truncated or corrupt?): {e}") from None
+    return im
+
+
+def _image_unit(im, target: Tuple[int, int], channels: int, what: str):
+    """A PIL image of any mode -> float32 [C, H, W] in [0, 1] (C = ``channels``), first reduced
+    by an integer factor while it stays >= 2x the target size (``Image.reduce``, box filter)."""
+    import numpy as np
+    from PIL import Image
+
+    def reduced(img):
+        f = min(img.size[0] // (2 * target[1]), img.size[1] // (2 * target[0]))
+        return img.reduce(f) if f > 1 else img
+
+    mode = im.mode
+    if mode in _WITH_ALPHA:  # drawings: a transparent background is white
+        im = reduced(im.convert("RGBA"))
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im)
+        im = im.convert("L" if channels == 1 else "RGB")
+        x = _unit_float(np.asarray(im), what)
+    elif mode in _EIGHT_BIT:
+        try:
+            im = im.convert("L" if channels == 1 else "RGB")
+        except ValueError as e:
+            raise FileFormatError(f"{what}: Pillow cannot convert mode {mode!r} to RGB: {e}") from None
+        x = _unit_float(np.asarray(reduced(im)), what)
+    elif mode.startswith("I;16"):  # 16-bit: the full range is [0, 65535]
+        x = np.asarray(reduced(im.convert("I")), dtype=np.float32) / 65535.0
+    elif mode == "I":
+        top = _int32_top(im, what)
+        a = np.asarray(im)
+        if a.size and a.min() < 0:
+            raise FileFormatError(f"{what}: negative pixel values ({a.min()}) are not intensities")
+        x = (np.asarray(reduced(im), dtype=np.float64) / top).astype(np.float32)
+    elif mode == "F":
+        x = _unit_float(np.asarray(reduced(im)), what)
+    else:
+        raise FileFormatError(f"{what}: image mode {mode!r} is not supported; save it as 8/16-bit "
+                              "grayscale or RGB(A), or as float in [0, 1]")
+    x = torch.from_numpy(np.ascontiguousarray(x))
+    if x.ndim == 2:
+        x = x[None]
+    else:
+        x = x.permute(2, 0, 1)
+    if x.shape[0] == 1 and channels == 3:
+        x = x.expand(3, -1, -1)
+    return x
+
+
+def load_image(path_or_image, size: Union[int, Tuple[int, int]] = 64,
+               value_range: Tuple[float, float] = (-1.0, 1.0), channels: int = 3, resize: bool = True,
+               max_pixels: int = MAX_IMAGE_PIXELS) -> torch.Tensor:
+    """Any image file (or PIL image / HxW(xC) array) -> [1, channels, H, W] float in ``value_range``.
+
+    Center-cropped to the target aspect ratio and resized (SPEC A1.7.1: web images and drawings);
+    ``resize=False`` refuses an image that is not already ``size``. Intensities are scaled by
+    their type's full range: 8-bit / 255, 16-bit (``I;16``) / 65535, 32-bit integer TIFF by its
+    bit depth, float (``F``) as is (must lie in [0, 1]), 1-bit as 0/1; palette, CMYK and the
+    other 8-bit modes through Pillow's RGB conversion; a transparent background is white. Gray
+    from color is ITU-R 601 luma (Pillow's ``L``). Files above ``max_pixels`` are refused
+    before decoding, large ones are downscaled while decoding (JPEG ``draft``, ``reduce``). Every
+    problem with the image is a :class:`~diffaccel.errors.FileFormatError` (a missing file a
+    :class:`~diffaccel.errors.MissingFileError`) naming the file.
     """
     import numpy as np
     from PIL import Image
 
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+        raise ArgumentError(f"channels must be 1 or 3, got {channels}")
+    target = _size(size)
     if isinstance(path_or_image, (str, os.PathLike)):
-        if not Path(path_or_image).is_file():
-            raise FileNotFoundError(f"image not found: {path_or_image}")
-        im = Image.open(path_or_image)
+        what = f"image {os.fspath(path_or_image)!r}"
+        im = _open_image(Path(path_or_image), "image", max_pixels, target if resize else None)
     elif isinstance(path_or_image, Image.Image):
-        im = path_or_image
+        what, im = "image", path_or_image
+    elif np.asarray(path_or_image).dtype == np.uint8:  # 8-bit arrays: as Pillow reads files
+        what, im = "image array", Image.fromarray(np.asarray(path_or_image))
     else:
-        im = Image.fromarray(np.asarray(path_or_image))
-    if im.mode in ("RGBA", "LA", "P"):  # drawings: transparent background -> white
-        im = im.convert("RGBA")
-        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(bg, im)
-    im = im.convert("L" if channels == 1 else "RGB")
-    x = torch.from_numpy(np.array(im, dtype=np.float32) / 255.0)
-    x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
-    x = _center_crop_resize(x, _size(size)).clamp(0, 1)
+        what, im = "image array", None
+        a = np.asarray(path_or_image)
+        if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (1, 3, 4)):
+            raise ArgumentError(f"an image array must be HxW or HxWxC with C in 1, 3, 4, got shape {a.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(_unit_float(a, what)))
+        x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
+        if x.shape[0] == 4:  # alpha: white background
+            x = x[:3] * x[3:] + (1 - x[3:])
+        if x.shape[0] == 3 and channels == 1:
+            x = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
+        elif x.shape[0] == 1 and channels == 3:
+            x = x.expand(3, -1, -1)
+    if im is not None:
+        with im if isinstance(path_or_image, (str, os.PathLike)) else _nullcontext():
+            if not resize and im.size != (target[1], target[0]):
+                raise FileFormatError(f"{what} is {im.size[0]}x{im.size[1]} but the model works at "
+                                      f"{target[1]}x{target[0]}; resize it (or allow resizing)")
+            x = _image_unit(im, target, channels, what)
+    elif not resize and tuple(x.shape[1:]) != target:
+        raise FileFormatError(f"{what} is {x.shape[2]}x{x.shape[1]} but the model works at "
+                              f"{target[1]}x{target[0]}; resize it (or allow resizing)")
+    x = _center_crop_resize(x.float(), target).clamp(0, 1)
     lo, hi = value_range
     return (x * (hi - lo) + lo)[None].contiguous()
 
