@@ -467,7 +467,10 @@ def replay_cuda_graph(cache: Dict[Any, Any], key, loop: Callable[[], Tensor], in
 def _coefs(abar: Tensor, t, like: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """``a = sqrt(abar[t])``, ``s = sqrt(1 - abar[t])``, ``lam = log(a / s)`` per sample (+inf at t = -1)."""
     n = like.shape[0]
-    tt = torch.as_tensor(t, dtype=torch.long, device=like.device).reshape(-1).expand(n)
+    if isinstance(t, int):  # a fill kernel, no host->device copy (CUDA graphs, no sync per step)
+        tt = torch.full((n,), t, dtype=torch.long, device=like.device)
+    else:
+        tt = t.to(device=like.device, dtype=torch.long).reshape(-1).expand(n)
     ab = R.gather_abar(abar.to(like.device), tt)
     a, s = ab.sqrt(), (1 - ab).sqrt()
     lam = a.log() - s.log()
