@@ -18,6 +18,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 
 from . import reference as ref
+from .errors import ArgumentError, ArgumentTypeError
 
 Timestep = Union[int, torch.Tensor]
 BACKENDS = ("auto", "torch", "cpp", "triton")
@@ -64,6 +65,30 @@ class _TorchBackend:
         out.copy_(ref.ddim_step(x_t, eps, abar, t, t_prev, eta=eta, noise=noise))
 
     @staticmethod
+    def dpmpp_2m_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, clip_x0, th_ratio, th_max,
+                      out, x0_out):
+        eps = eps_u if eps_c is None else ref.cfg_combine(eps_u.float(), eps_c.float(), scale)
+        x_prev, x0 = ref.dpmpp_2m_step(x_t, eps, abar, t, t_prev, x0_prev=x0_prev, t_last=t_last,
+                                       **_threshold_kwargs(clip_x0, th_ratio, th_max))
+        out.copy_(x_prev)
+        x0_out.copy_(x0)
+
+    @staticmethod
+    def unipc_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, x_last, x0_prev2, t_last2,
+                   predictor_order, clip_x0, th_ratio, th_max, out, x0_out, x_corr_out):
+        eps = eps_u if eps_c is None else ref.cfg_combine(eps_u.float(), eps_c.float(), scale)
+        x_prev, x0, x_corr = ref.unipc_step(
+            x_t, eps, abar, t, t_prev, x0_prev=x0_prev, t_last=t_last, x_last=x_last, x0_prev2=x0_prev2,
+            t_last2=t_last2, predictor_order=predictor_order, **_threshold_kwargs(clip_x0, th_ratio, th_max))
+        out.copy_(x_prev)
+        x0_out.copy_(x0)
+        x_corr_out.copy_(x_corr)
+
+    @staticmethod
+    def heun_step(x, v, v_next, dt, out):
+        out.copy_(ref.heun_step(x, v, v_next, dt))
+
+    @staticmethod
     def gaussian_filter(low, high, kernel_size, sigma, out):
         """``out = blur(low) + (high - blur(high))``; either input may be None."""
         if low is not None and high is not None:
@@ -78,6 +103,12 @@ class _TorchBackend:
         out.copy_(ref.masked_project(x_t, x_orig, mask, noise, abar, t))
 
 
+def _threshold_kwargs(clip_x0: float, th_ratio: float, th_max: float) -> dict:
+    """The kernels' encoding (0 = off) back to the reference's keywords."""
+    return dict(clip_x0=clip_x0 if clip_x0 > 0 else None,
+                dynamic_threshold=(th_ratio, th_max) if th_ratio > 0 else None)
+
+
 def _get_backend(name: str, device: torch.device):
     from . import _backends
 
@@ -88,6 +119,19 @@ def _get_backend(name: str, device: torch.device):
     if name == "torch":
         return _TorchBackend
     return _backends.get(name, device)
+
+
+def _get_op(backend: str, device: torch.device, op: str):
+    """The backend's implementation of ``op``. A compiled backend built before ``op`` existed
+    lacks it: "auto" then uses the reference, an explicit choice is an error."""
+    be = _get_backend(backend, device)
+    fn = getattr(be, op, None)
+    if fn is not None:
+        return fn
+    if backend == "auto":
+        return getattr(_TorchBackend, op)
+    raise ArgumentError(f"backend {backend!r} has no {op} kernel in this build; rebuild the extension "
+                        f"(pip install --no-build-isolation -e .) or pass backend='torch'")
 
 
 def available_backends(device: Union[str, torch.device, None] = None) -> list:
@@ -428,8 +472,153 @@ def add_gaussian_noise(x, noise, sigma: float, *, out=None):
     return torch.add(x, noise, alpha=sigma, out=out)
 
 
+# ----------------------------------------------------------------------------- multistep solvers
+def _check_history(name: str, x, x_t: torch.Tensor, t_name: str, t, abar: torch.Tensor, tt: torch.Tensor,
+                   t_value: Timestep):
+    """A history tensor (x0 or a sample of an earlier step) and its timestep, both or neither."""
+    if (x is None) != (t is None):
+        given, missing = (name, t_name) if t is None else (t_name, name)
+        raise ArgumentError(f"{given} needs {missing} (a history entry is a tensor and its timestep)")
+    if x is None:
+        return None, None
+    x = _check_image(name, x, x_t)
+    tl = _check_t(t_name, t, x_t.shape[0], abar.numel(), x_t.device, allow_final=False)
+    if isinstance(t, int) and isinstance(t_value, int) and not t > t_value:
+        raise ArgumentError(f"{t_name} must be larger than t (an earlier step), got {t_name}={t}, t={t_value}")
+    return x, tl
+
+
+def _check_outputs(x_t: torch.Tensor, **outs) -> list:
+    """Allocated or checked ``out=`` buffers; no two of them may be the same memory."""
+    res = [(k, _check_out(v, x_t) if v is not None else None) for k, v in outs.items()]
+    for i, (ka, a) in enumerate([] if _compiling() else res):
+        for kb, b in res[i + 1:]:
+            if a is not None and b is not None and a.data_ptr() == b.data_ptr() and a.numel() > 0:
+                raise ArgumentError(f"{ka} and {kb} must be different tensors (both results are written)")
+    return [v if v is not None else torch.empty_like(x_t, memory_format=torch.contiguous_format) for _, v in res]
+
+
+def _dpmpp_2m(x_t, eps_u, eps_c, scale, alphas_cumprod, t, t_prev, x0_prev, t_last, clip_x0, dynamic_threshold,
+              out, x0_out, backend):
+    x_t, abar, tt, tp, _ = _step_common(x_t, alphas_cumprod, t, t_prev, None)
+    eps_u = _check_image("eps" if eps_c is None else "eps_uncond", eps_u, x_t)
+    if eps_c is not None:
+        eps_c = _check_image("eps_cond", eps_c, x_t)
+    x0_prev, tl = _check_history("x0_prev", x0_prev, x_t, "t_last", t_last, abar, tt, t)
+    clip, ratio, max_value = _check_threshold(clip_x0, dynamic_threshold)
+    out, x0_out = _check_outputs(x_t, out=out, x0_out=x0_out)
+    _get_op(backend, x_t.device, "dpmpp_2m_step")(
+        x_t, eps_u, eps_c, scale, abar, tt, tp, x0_prev, tl, clip, ratio, max_value, out, x0_out)
+    return out, x0_out
+
+
+def dpmpp_2m_step(x_t, eps, alphas_cumprod, t: Timestep, t_prev: Timestep, *, x0_prev=None,
+                  t_last: Optional[Timestep] = None, clip_x0: Optional[float] = None,
+                  dynamic_threshold: Optional[Tuple[float, float]] = None, out=None, x0_out=None,
+                  backend: str = "auto"):
+    """DPM-Solver++(2M) step t -> t_prev (Lu et al. 2022, Alg. 2, midpoint form; diffusers'
+    ``DPMSolverMultistepScheduler`` with ``algorithm_type="dpmsolver++"``).
+
+    First order without ``x0_prev`` (the thresholded x0 of the previous step, at ``t_last > t``)
+    and at the final step (``t_prev = -1``), second order otherwise; ``clip_x0`` /
+    ``dynamic_threshold`` as in :func:`ddpm_step`. Returns ``(x_prev, x0)``; ``x0`` (written into
+    ``x0_out`` if given, which may alias ``x0_prev``) is the next step's ``x0_prev``. See
+    :func:`reference.dpmpp_2m_step`.
+    """
+    return _dpmpp_2m(x_t, eps, None, 1.0, alphas_cumprod, t, t_prev, x0_prev, t_last, clip_x0, dynamic_threshold,
+                     out, x0_out, backend)
+
+
+def cfg_dpmpp_2m_step(x_t, eps_uncond, eps_cond, scale: float, alphas_cumprod, t: Timestep, t_prev: Timestep, *,
+                      x0_prev=None, t_last: Optional[Timestep] = None, clip_x0: Optional[float] = None,
+                      dynamic_threshold: Optional[Tuple[float, float]] = None, out=None, x0_out=None,
+                      backend: str = "auto"):
+    """CFG combine (``eps_u + scale (eps_c - eps_u)``, kept in float32) and :func:`dpmpp_2m_step` in one pass."""
+    scale = _check_scalar("scale", scale)
+    if eps_cond is None:
+        raise ArgumentTypeError("eps_cond must be a torch.Tensor, got NoneType")
+    return _dpmpp_2m(x_t, eps_uncond, eps_cond, scale, alphas_cumprod, t, t_prev, x0_prev, t_last, clip_x0,
+                     dynamic_threshold, out, x0_out, backend)
+
+
+def _unipc(x_t, eps_u, eps_c, scale, alphas_cumprod, t, t_prev, x0_prev, t_last, x_last, x0_prev2, t_last2,
+           predictor_order, clip_x0, dynamic_threshold, out, x0_out, x_corr_out, backend):
+    x_t, abar, tt, tp, _ = _step_common(x_t, alphas_cumprod, t, t_prev, None)
+    eps_u = _check_image("eps" if eps_c is None else "eps_uncond", eps_u, x_t)
+    if eps_c is not None:
+        eps_c = _check_image("eps_cond", eps_c, x_t)
+    x0_prev, tl = _check_history("x0_prev", x0_prev, x_t, "t_last", t_last, abar, tt, t)
+    if x_last is not None:
+        if x0_prev is None:
+            raise ArgumentError("x_last needs x0_prev and t_last (the corrector uses the previous step's x0)")
+        x_last = _check_image("x_last", x_last, x_t)
+    x0_prev2, tl2 = _check_history("x0_prev2", x0_prev2, x_t, "t_last2", t_last2, abar, tt, t)
+    if x0_prev2 is not None:
+        if x_last is None:
+            raise ArgumentError("x0_prev2 is only used by the corrector, which needs x_last")
+        if isinstance(t_last2, int) and isinstance(t_last, int) and not t_last2 > t_last:
+            raise ArgumentError(f"t_last2 must be larger than t_last, got t_last2={t_last2}, t_last={t_last}")
+    if isinstance(predictor_order, bool) or predictor_order not in (1, 2):
+        raise ArgumentError(f"predictor_order must be 1 or 2, got {predictor_order!r}")
+    clip, ratio, max_value = _check_threshold(clip_x0, dynamic_threshold)
+    out, x0_out, x_corr_out = _check_outputs(x_t, out=out, x0_out=x0_out, x_corr_out=x_corr_out)
+    _get_op(backend, x_t.device, "unipc_step")(
+        x_t, eps_u, eps_c, scale, abar, tt, tp, x0_prev, tl, x_last, x0_prev2, tl2, int(predictor_order),
+        clip, ratio, max_value, out, x0_out, x_corr_out)
+    return out, x0_out, x_corr_out
+
+
+def unipc_step(x_t, eps, alphas_cumprod, t: Timestep, t_prev: Timestep, *, x0_prev=None,
+               t_last: Optional[Timestep] = None, x_last=None, x0_prev2=None, t_last2: Optional[Timestep] = None,
+               predictor_order: int = 2, clip_x0: Optional[float] = None,
+               dynamic_threshold: Optional[Tuple[float, float]] = None, out=None, x0_out=None, x_corr_out=None,
+               backend: str = "auto"):
+    """UniPC step t -> t_prev, B(h) = expm1(-h) ("bh2"), data prediction (Zhao et al. 2023;
+    diffusers' ``UniPCMultistepScheduler`` with ``predict_x0=True``, ``solver_type="bh2"``).
+
+    ``x0`` is the (thresholded) model output at ``x_t``. With ``x_last`` (the previous step's
+    sample, at ``t_last``, whose x0 was ``x0_prev``) the corrector UniC first corrects ``x_t``
+    (order 2 with ``x0_prev2`` at ``t_last2``, else order 1); the predictor UniP then steps the
+    corrected sample to ``t_prev`` (order ``predictor_order`` when ``x0_prev`` is given, first
+    order at ``t_prev = -1``). Returns ``(x_prev, x0, x_corr)``: ``x0`` and ``x_corr`` are the next
+    step's ``x0_prev`` and ``x_last``. Every ``*_out`` buffer may alias an input. See
+    :func:`reference.unipc_step`.
+    """
+    return _unipc(x_t, eps, None, 1.0, alphas_cumprod, t, t_prev, x0_prev, t_last, x_last, x0_prev2, t_last2,
+                  predictor_order, clip_x0, dynamic_threshold, out, x0_out, x_corr_out, backend)
+
+
+def cfg_unipc_step(x_t, eps_uncond, eps_cond, scale: float, alphas_cumprod, t: Timestep, t_prev: Timestep, *,
+                   x0_prev=None, t_last: Optional[Timestep] = None, x_last=None, x0_prev2=None,
+                   t_last2: Optional[Timestep] = None, predictor_order: int = 2, clip_x0: Optional[float] = None,
+                   dynamic_threshold: Optional[Tuple[float, float]] = None, out=None, x0_out=None,
+                   x_corr_out=None, backend: str = "auto"):
+    """CFG combine (kept in float32) and :func:`unipc_step` in one pass."""
+    scale = _check_scalar("scale", scale)
+    if eps_cond is None:
+        raise ArgumentTypeError("eps_cond must be a torch.Tensor, got NoneType")
+    return _unipc(x_t, eps_uncond, eps_cond, scale, alphas_cumprod, t, t_prev, x0_prev, t_last, x_last, x0_prev2,
+                  t_last2, predictor_order, clip_x0, dynamic_threshold, out, x0_out, x_corr_out, backend)
+
+
+def heun_step(x, v, v_next, dt: float, *, out=None, backend: str = "auto"):
+    """Second-order Heun step of the flow ODE: ``x + dt/2 (v + v_next)``.
+
+    ``v`` is the velocity at ``(x, t)``, ``v_next`` the velocity at the Euler point
+    ``(euler_step(x, v, dt), t + dt)``. ``out`` may alias ``x``.
+    """
+    x = _check_image("x", x, ndim4=False)
+    v = _check_image("v", v, x, ndim4=False)
+    v_next = _check_image("v_next", v_next, x, ndim4=False)
+    dt = _check_scalar("dt", dt)
+    out = _check_out(out, x)
+    _get_op(backend, x.device, "heun_step")(x, v, v_next, dt, out)
+    return out
+
+
 __all__ = [
     "flow_interpolate", "euler_step", "add_gaussian_noise",
     "add_noise", "predict_x0", "cfg_combine", "ddpm_step", "cfg_ddpm_step", "ddim_step", "cfg_ddim_step",
     "gaussian_blur", "highpass", "hybrid_combine", "masked_project", "available_backends",
+    "dpmpp_2m_step", "cfg_dpmpp_2m_step", "unipc_step", "cfg_unipc_step", "heun_step",
 ]

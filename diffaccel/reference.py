@@ -97,11 +97,7 @@ def ddpm_step(
     alpha = a_t / a_p
     beta = 1 - alpha
     x = x_t.float()
-    x0 = (x - (1 - a_t).sqrt() * eps.float()) / a_t.sqrt()
-    if dynamic_threshold is not None:
-        x0 = dynamic_threshold_(x0, *dynamic_threshold)
-    elif clip_x0 is not None:
-        x0 = x0.clamp(-clip_x0, clip_x0)
+    x0 = threshold_x0((x - (1 - a_t).sqrt() * eps.float()) / a_t.sqrt(), clip_x0, dynamic_threshold)
     mean = (a_p.sqrt() * beta / (1 - a_t)) * x0 + (alpha.sqrt() * (1 - a_p) / (1 - a_t)) * x
     if noise is not None:
         small = ((1 - a_p) / (1 - a_t) * beta).clamp(min=1e-20)
@@ -193,8 +189,134 @@ def flow_interpolate(x0, x1, t):
     return ((1 - tt) * x0.float() + tt * x1.float()).to(x0.dtype)
 
 
+# ----------------------------------------------------------------------------- multistep solvers
+# Notation per sample (Lu et al. 2022, "DPM-Solver++"; Zhao et al. 2023, "UniPC"):
+# a(t) = sqrt(abar[t]), s(t) = sqrt(1 - abar[t]), lam(t) = log(a(t) / s(t)) (+inf at t = -1).
+# The per-sample scalars (lam, h, expm1(-h), the solver weights) are computed in float64 from the
+# float32 abar and rounded once to float32; the image math is float32 like every other op.
+def alpha_sigma_lambda(alphas_cumprod, t):
+    """float64 ``(a(t), s(t), lam(t))`` per sample; ``t = -1`` gives ``(1, 0, +inf)``."""
+    abar = gather_abar(alphas_cumprod, t).to(torch.float64)
+    a, s = abar.sqrt(), (1 - abar).sqrt()
+    return a, s, a.log() - s.log()
+
+
+def threshold_x0(x0, clip_x0=None, dynamic_threshold=None):
+    """``thr(x0)``: dynamic thresholding ``(ratio, max)`` or clamping to ``[-clip_x0, clip_x0]`` (or neither)."""
+    if dynamic_threshold is not None:
+        return dynamic_threshold_(x0, *dynamic_threshold)
+    if clip_x0 is not None:
+        return x0.clamp(-clip_x0, clip_x0)
+    return x0
+
+
+def _thresholded_x0(x_t, eps, alphas_cumprod, t, clip_x0, dynamic_threshold):
+    a = _per_sample(gather_abar(alphas_cumprod, t), x_t.ndim)
+    x0 = (x_t.float() - (1 - a).sqrt() * eps.float()) / a.sqrt()
+    return threshold_x0(x0, clip_x0, dynamic_threshold)
+
+
+def _f32(v, ndim):
+    return _per_sample(v.to(torch.float32), ndim)
+
+
+def dpmpp_2m_step(x_t, eps, alphas_cumprod, t, t_prev, x0_prev=None, t_last=None, clip_x0=None,
+                  dynamic_threshold=None):
+    """DPM-Solver++(2M) t -> t_prev, data prediction, midpoint form (Lu et al. 2022, Alg. 2).
+
+    ``x0 = thr((x_t - s(t) eps) / a(t))``, ``h = lam(t_prev) - lam(t)``; first order (no
+    ``x0_prev``, or ``t_prev = -1``): ``D = x0``; second order, with ``x0_prev`` the x0 at
+    ``t_last > t``: ``r = (lam(t) - lam(t_last)) / h``, ``D = (1 + 1/(2r)) x0 - 1/(2r) x0_prev``;
+    ``x_prev = (s(t_prev) / s(t)) x_t - a(t_prev) expm1(-h) D``. Returns ``(x_prev, x0)``.
+    """
+    nd = x_t.ndim
+    x0 = _thresholded_x0(x_t, eps, alphas_cumprod, t, clip_x0, dynamic_threshold)
+    a_t, s_t, l_t = alpha_sigma_lambda(alphas_cumprod, t)
+    a_p, s_p, l_p = alpha_sigma_lambda(alphas_cumprod, t_prev)
+    h = l_p - l_t
+    d = x0
+    if x0_prev is not None:
+        _, _, l_l = alpha_sigma_lambda(alphas_cumprod, t_last)
+        r = (l_t - l_l) / h
+        k = torch.where(t_prev >= 0, 0.5 / r, torch.zeros_like(r))  # t_prev = -1: first order
+        k = _f32(k, nd)
+        d = (1 + k) * x0 - k * x0_prev.float()
+    x_prev = _f32(s_p / s_t, nd) * x_t.float() - _f32(a_p * torch.expm1(-h), nd) * d
+    return x_prev.to(x_t.dtype), x0.to(x_t.dtype)
+
+
+def unipc_bh2_corrector_weights(h, rk=None):
+    """UniC's weights for B(h) = expm1(-h), data prediction (Zhao et al. 2023, Alg. 2; diffusers'
+    ``multistep_uni_c_bh_update``), float64 per sample. Order 1 (``rk`` None): ``rho_t = 0.5``.
+    Order 2 solves ``R rho = b``, ``R = [[1, 1], [rk, 1]]``, ``b_1 = hphi_2 / B(h)``,
+    ``b_2 = 2 hphi_3 / B(h)`` with ``hh = -h``, ``hphi_1 = expm1(hh)``, ``hphi_2 = hphi_1 / hh - 1``,
+    ``hphi_3 = hphi_2 / hh - 1/2``. Returns ``(rho_1, rho_t)``, the weights of ``(m1 - m0) / rk``
+    and of ``model_t - m0``.
+    """
+    hh = -h
+    b_h = torch.expm1(hh)
+    if rk is None:
+        return torch.zeros_like(h), torch.full_like(h, 0.5)
+    phi = b_h / hh - 1          # h phi_2
+    b1 = phi / b_h
+    phi = phi / hh - 0.5        # h phi_3
+    b2 = phi * 2 / b_h
+    rho0 = (b1 - b2) / (1 - rk)
+    return rho0, b1 - rho0
+
+
+def unipc_step(x_t, eps, alphas_cumprod, t, t_prev, x0_prev=None, t_last=None, x_last=None, x0_prev2=None,
+               t_last2=None, predictor_order: int = 2, clip_x0=None, dynamic_threshold=None):
+    """UniPC t -> t_prev with B(h) = expm1(-h) ("bh2"), data prediction (Zhao et al. 2023).
+
+    ``x0 = thr(predict_x0(x_t, eps, t))``. Corrector UniC (when ``x_last``, the sample at
+    ``t_last`` whose x0 is ``x0_prev``, is given): ``h = lam(t) - lam(t_last)``,
+    ``x_corr = (s(t)/s(t_last)) x_last - a(t) expm1(-h) (m0 + rho_1 (m1 - m0)/rk + rho_t (x0 - m0))``
+    with ``m0 = x0_prev``, ``m1 = x0_prev2`` at ``t_last2`` (``rk = (lam(t_last2) - lam(t_last)) / h``,
+    order 2) or none (order 1, ``rho_t = 0.5``); else ``x_corr = x_t``. Predictor UniP from
+    ``x_corr`` at t to t_prev: ``h = lam(t_prev) - lam(t)``,
+    ``x_prev = (s(t_prev)/s(t)) x_corr - a(t_prev) expm1(-h) (x0 + 0.5 (x0_prev - x0) / rk)`` with
+    ``rk = (lam(t_last) - lam(t)) / h`` when ``predictor_order == 2``, ``x0_prev`` is given and
+    ``t_prev >= 0``, else first order (``D = x0``). Returns ``(x_prev, x0, x_corr)``.
+    """
+    nd = x_t.ndim
+    x0 = _thresholded_x0(x_t, eps, alphas_cumprod, t, clip_x0, dynamic_threshold)
+    a_t, s_t, l_t = alpha_sigma_lambda(alphas_cumprod, t)
+    x_corr = x_t.float()
+    if x_last is not None:
+        a_0, s_0, l_0 = alpha_sigma_lambda(alphas_cumprod, t_last)
+        h = l_t - l_0
+        m0 = x0_prev.float()
+        if x0_prev2 is not None:
+            _, _, l_1 = alpha_sigma_lambda(alphas_cumprod, t_last2)
+            rk = (l_1 - l_0) / h
+            rho_1, rho_t = unipc_bh2_corrector_weights(h, rk)
+            corr = _f32(rho_1 / rk, nd) * (x0_prev2.float() - m0) + _f32(rho_t, nd) * (x0 - m0)
+        else:
+            _, rho_t = unipc_bh2_corrector_weights(h)
+            corr = _f32(rho_t, nd) * (x0 - m0)
+        x_corr = _f32(s_t / s_0, nd) * x_last.float() - _f32(a_t * torch.expm1(-h), nd) * (m0 + corr)
+    a_p, s_p, l_p = alpha_sigma_lambda(alphas_cumprod, t_prev)
+    h = l_p - l_t
+    d = x0
+    if predictor_order == 2 and x0_prev is not None:
+        _, _, l_l = alpha_sigma_lambda(alphas_cumprod, t_last)
+        rk = (l_l - l_t) / h
+        k = _f32(torch.where(t_prev >= 0, 0.5 / rk, torch.zeros_like(rk)), nd)  # t_prev = -1: first order
+        d = x0 + k * (x0_prev.float() - x0)
+    x_prev = _f32(s_p / s_t, nd) * x_corr - _f32(a_p * torch.expm1(-h), nd) * d
+    return x_prev.to(x_t.dtype), x0.to(x_t.dtype), x_corr.to(x_t.dtype)
+
+
+def heun_step(x, v, v_next, dt: float):
+    """Second-order Heun step of the flow ODE: ``x + dt/2 (v + v_next)`` (v_next at the Euler point, t + dt)."""
+    return (x.float() + (0.5 * dt) * (v.float() + v_next.float())).to(x.dtype)
+
+
 __all__ = [
     "VARIANCE_TYPES", "gather_abar", "add_noise", "predict_x0", "cfg_combine",
     "dynamic_threshold_", "ddpm_step", "ddim_step", "gaussian_kernel1d", "gaussian_blur",
     "highpass", "hybrid_combine", "masked_project", "gaussian_blur_conv2d", "flow_interpolate",
+    "alpha_sigma_lambda", "threshold_x0", "dpmpp_2m_step", "unipc_bh2_corrector_weights", "unipc_step",
+    "heun_step",
 ]

@@ -16,6 +16,7 @@ import torch
 
 from ..pipelines import techniques as T
 from ..pipelines.animation import FrameRecorder, animate_view
+from ..pipelines.views import get_view
 from .html import Cell, Figure, single
 from .images import display_scale, draw_digit, draw_scene, from_canonical, save_gif, save_png
 from .partb import Budget, generator_for, model_summary, quick_timesteps
@@ -61,6 +62,9 @@ class PartASetup:
     n_samples: int = 10
     n_illusions: int = 4
     section: Optional[str] = None  # None: each figure in its own A1.x section; else all in this one
+    #: extra anagrams for the "every view" figure: (views, conditions) pairs, one sample each;
+    #: views are names or View objects (for options), the first view is the upright reading
+    view_anagrams: List[Tuple[Sequence[Any], Sequence[Any]]] = field(default_factory=list)
     stage2: Any = None  # IF stage II denoiser (A0 upsampling of the CFG samples)
     stage2_steps: int = 50
     figures: List[Figure] = field(default_factory=list)
@@ -274,6 +278,32 @@ def render_parta(s: PartASetup, out_dir, seed: int = 0, progress: bool = True) -
                            f"The first anagram above flipping upside down and back: {a} becomes {b}; {seed_txt}.",
                            fname))
 
+    def view_gallery_fig():
+        if not s.view_anagrams:
+            return
+        rows, heads = [], []
+        for views, conds in s.view_anagrams:
+            vs = [get_view(v) for v in views]
+            key = "_".join(v.name for v in vs)
+            res = T.visual_anagram(den, list(conds), vs, num_samples=1, timesteps=ts, guidance_scale=s.guidance,
+                                   generator=gen(f"A1.8/{key}"))
+            img = res.image.clamp(-1, 1)
+            rows.append([png(f"anagram_{key}_{k}", v.view(img), label=f"{v.name}: {_cond_text(c)}")
+                         for k, (v, c) in enumerate(zip(vs, conds))])
+            heads.append(" + ".join(v.name for v in vs[1:]))
+        figs.append(Figure(sec("A1.8"), title("A1.8", "Every view"),
+                           "One anagram per view (rows), each shown through every one of its views: the same "
+                           "sample reads as the first condition as it is and as the others through their views. "
+                           f"eps = mean_i inverse_i(eps(view_i(x_t), cond_i)) with {g_txt}, {steps_txt}; one "
+                           "sample each, " + seed_txt + ". Every view is an exact pixel permutation (negate: a "
+                           "sign flip), so pure noise stays pure noise in every view: rotations, negation (the "
+                           "digit's ink and the background trade places), a skew (column j rolled by "
+                           "int(1.5 (j - H/2)) rows), a 4x4 grid of 7-px patches shuffled (the reference's 8x8 "
+                           "grid does not divide 28 px), every pixel shuffled, a 4x4 jigsaw whose pieces keep "
+                           "their class (corner, edge, interior) and turn with their knobs, the inner disc turned "
+                           "180 degrees, and a 3x3 square hinge (sub-squares of 9 px turned a quarter in place, "
+                           "the last row and column stay).", rows, row_headers=heads))
+
     def hybrid_fig():
         res = T.hybrid(den, s.hybrid_conds[0], s.hybrid_conds[1], 33, 2.0, num_samples=s.n_illusions, timesteps=ts,
                        guidance_scale=s.guidance, generator=gen("A1.9"))
@@ -291,7 +321,8 @@ def render_parta(s: PartASetup, out_dir, seed: int = 0, progress: bool = True) -
 
     steps: List[Tuple[str, Callable]] = [
         ("A1.1-A1.3", forward_figs), ("A1.4", iterative_fig), ("A1.5-A1.6", sampling_figs), ("A1.7", sdedit_figs),
-        ("A1.7.2", inpaint_fig), ("A1.7.3", img2img_fig), ("A1.8", anagram_figs), ("A1.9", hybrid_fig)]
+        ("A1.7.2", inpaint_fig), ("A1.7.3", img2img_fig), ("A1.8", anagram_figs),
+        ("A1.8 views", view_gallery_fig), ("A1.9", hybrid_fig)]
     bar = tqdm(steps, desc=f"Part A ({s.key})", disable=not progress, dynamic_ncols=True)
     for desc, fn in bar:
         bar.set_postfix_str(desc)
@@ -305,6 +336,17 @@ def _first_of(labels: torch.Tensor, digit: int) -> int:
     if idx.numel() == 0:
         raise ValueError(f"no test digit {digit}")
     return int(idx[0])
+
+
+#: The "every view" figure on MNIST: each view that is not in the A1.8 flip figure, as a
+#: 2-view anagram of 1 and 7, and the rotations as a 3- and a 4-view anagram. 28 px is not
+#: divisible into the reference's 8x8 patches: a 4x4 grid of 7-px patches instead.
+MNIST_VIEW_ANAGRAMS = [
+    *[(("identity", v), (1, 7)) for v in ("negate", "skew", get_view("patch_permute", num_patches=4),
+                                            "pixel_permute", "jigsaw", "inner_circle", "square_hinge")],
+    (("identity", "rotate_cw", "rotate_ccw"), (1, 7, 4)),
+    (("identity", "rotate_cw", "rotate_180", "rotate_ccw"), (1, 7, 4, 6)),
+]
 
 
 def mnist_setup(name: str = "ddpm_class", quick: bool = False, data_dir=None, device="cpu") -> PartASetup:
@@ -334,7 +376,7 @@ def mnist_setup(name: str = "ddpm_class", quick: bool = False, data_dir=None, de
                    "denoised toward class 2.",
         img2img_source=2, img2img_cond=8, img2img_desc=f"Test digit {labels[2]} pushed toward an 8",
         anagram_conds=(1, 7), anagram_desc=("1", "7"), hybrid_conds=(0, 1), hybrid_desc=("0", "1"),
-        timesteps=ts, n_samples=b.parta_samples, n_illusions=4 if not quick else 2)
+        view_anagrams=MNIST_VIEW_ANAGRAMS, timesteps=ts, n_samples=b.parta_samples, n_illusions=4 if not quick else 2)
 
 
 def write_parta_mnist_figures(out_dir, seed: int = 0, quick: bool = False, data_dir=None, progress: bool = True,
