@@ -45,7 +45,6 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Se
 import torch
 
 from . import functional as F
-from . import reference as R
 from .errors import ArgumentError, ArgumentTypeError
 
 __all__ = [
@@ -303,9 +302,9 @@ def sample_dpmpp_2m(model: ModelFn, x: Tensor, timesteps: Sequence[int], alphas_
         kw = dict(x0_prev=x0_prev, t_last=t_last, out=x, x0_out=x0s[i % 2], backend=backend,
                   **_thr_kwargs(clip_x0, dynamic_threshold))
         if eps_c is None:
-            _, x0 = _dpmpp_2m_step(x, eps, alphas_cumprod, t, t_prev, **kw)
+            _, x0 = F.dpmpp_2m_step(x, eps, alphas_cumprod, t, t_prev, **kw)
         else:
-            _, x0 = _cfg_dpmpp_2m_step(x, eps, eps_c, scale, alphas_cumprod, t, t_prev, **kw)
+            _, x0 = F.cfg_dpmpp_2m_step(x, eps, eps_c, scale, alphas_cumprod, t, t_prev, **kw)
         x0_prev, t_last = x0, t
         _report(callback, hook, {"i": i, "t": t, "t_prev": t_prev, "x": x, "x0_hat": x0})
     return x
@@ -339,9 +338,9 @@ def sample_unipc(model: ModelFn, x: Tensor, timesteps: Sequence[int], alphas_cum
                   predictor_order=order, out=x, x0_out=x0s[i % 3], x_corr_out=corr[i % 2], backend=backend,
                   **_thr_kwargs(clip_x0, dynamic_threshold))
         if eps_c is None:
-            _, x0, x_corr = _unipc_step(x, eps, alphas_cumprod, t, t_prev, **kw)
+            _, x0, x_corr = F.unipc_step(x, eps, alphas_cumprod, t, t_prev, **kw)
         else:
-            _, x0, x_corr = _cfg_unipc_step(x, eps, eps_c, scale, alphas_cumprod, t, t_prev, **kw)
+            _, x0, x_corr = F.cfg_unipc_step(x, eps, eps_c, scale, alphas_cumprod, t, t_prev, **kw)
         # The corrector of the next step is of this predictor's order: order 2 needs two x0s back.
         x0_prev2, t_last2 = (x0_prev, t_last) if order == 2 else (None, None)
         x0_prev, t_last, x_last = x0, t, x_corr
@@ -403,7 +402,7 @@ def sample_heun(model: ModelFn, x: Tensor, times: Sequence[float], *, callback: 
         info = {"i": i, "t": t, "t_prev": t_next}
         x0_hat = (lambda x_t=(x.clone() if callback is not None else None), v=v, t=t:
                   F.euler_step(x_t, v, 1.0 - t))
-        _heun_step(x, v, v_next, dt, out=x, backend=backend)
+        F.heun_step(x, v, v_next, dt, out=x, backend=backend)
         info["x"] = x
         _report(callback, hook, info, x0_hat)
     return x
@@ -457,112 +456,3 @@ def replay_cuda_graph(cache: Dict[Any, Any], key, loop: Callable[[], Tensor], in
                 static[name].copy_(v)
     graph.replay()
     return result
-
-
-# ----------------------------------------------------------------------------- solver steps
-# The fused DPM-Solver++ / UniPC / Heun updates are ``F.dpmpp_2m_step``, ``F.unipc_step``,
-# ``F.heun_step`` (and their ``cfg_`` forms). Where this install's functional API predates them,
-# the plain-PyTorch stand-ins below (the same contract, float32 math) run instead.
-# TODO(merge): delete the stand-ins once functional has the fused ops.
-def _coefs(abar: Tensor, t, like: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """``a = sqrt(abar[t])``, ``s = sqrt(1 - abar[t])``, ``lam = log(a / s)`` per sample (+inf at t = -1)."""
-    n = like.shape[0]
-    if isinstance(t, int):  # a fill kernel, no host->device copy (CUDA graphs, no sync per step)
-        tt = torch.full((n,), t, dtype=torch.long, device=like.device)
-    else:
-        tt = t.to(device=like.device, dtype=torch.long).reshape(-1).expand(n)
-    ab = R.gather_abar(abar.to(like.device), tt)
-    a, s = ab.sqrt(), (1 - ab).sqrt()
-    lam = a.log() - s.log()
-    return tuple(R._per_sample(v, like.ndim) for v in (a, s, lam))
-
-
-def _x0(x_t: Tensor, eps: Tensor, abar, t, clip_x0, dynamic_threshold) -> Tensor:
-    a, s, _ = _coefs(abar, t, x_t)
-    x0 = (x_t.float() - s * eps.float()) / a
-    if dynamic_threshold is not None:
-        return R.dynamic_threshold_(x0, *dynamic_threshold)
-    return x0 if clip_x0 is None else x0.clamp(-clip_x0, clip_x0)
-
-
-def _write(res: Tensor, out: Optional[Tensor], like: Tensor) -> Tensor:
-    res = res.to(like.dtype)
-    return res if out is None else out.copy_(res)
-
-
-def _dpmpp_2m_stand_in(x_t, eps, alphas_cumprod, t, t_prev, *, x0_prev=None, t_last=None, clip_x0=None,
-                       dynamic_threshold=None, out=None, x0_out=None, backend="auto"):
-    x0 = _x0(x_t, eps, alphas_cumprod, t, clip_x0, dynamic_threshold)
-    _, s_t, lam_t = _coefs(alphas_cumprod, t, x_t)
-    a_p, s_p, lam_p = _coefs(alphas_cumprod, t_prev, x_t)
-    h = lam_p - lam_t
-    d = x0
-    if x0_prev is not None:
-        _, _, lam_l = _coefs(alphas_cumprod, t_last, x_t)
-        r = (lam_t - lam_l) / h
-        d = torch.where(torch.isinf(h), x0, (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev.float())
-    x_prev = (s_p / s_t) * x_t.float() - a_p * torch.expm1(-h) * d
-    x0 = _write(x0, x0_out, x_t)
-    return _write(x_prev, out, x_t), x0
-
-
-def _cfg_dpmpp_2m_stand_in(x_t, eps_uncond, eps_cond, scale, alphas_cumprod, t, t_prev, **kw):
-    return _dpmpp_2m_stand_in(x_t, R.cfg_combine(eps_uncond.float(), eps_cond.float(), scale), alphas_cumprod,
-                              t, t_prev, **kw)
-
-
-def _unipc_stand_in(x_t, eps, alphas_cumprod, t, t_prev, *, x0_prev=None, t_last=None, x_last=None, x0_prev2=None,
-                    t_last2=None, predictor_order=2, clip_x0=None, dynamic_threshold=None, out=None, x0_out=None,
-                    x_corr_out=None, backend="auto"):
-    abar = alphas_cumprod
-    x0 = _x0(x_t, eps, abar, t, clip_x0, dynamic_threshold)
-    a_t, s_t, lam_t = _coefs(abar, t, x_t)
-    x = x_t.float()
-    if x_last is not None:  # UniC from t_last to t, m0 = x0_prev, model_t = x0
-        _, s_l, lam_l = _coefs(abar, t_last, x_t)
-        m0 = x0_prev.float()
-        h = lam_t - lam_l
-        hh = -h
-        h_phi_1 = torch.expm1(hh)
-        b_h = h_phi_1
-        h_phi_k = h_phi_1 / hh - 1
-        d1_t = x0 - m0
-        if x0_prev2 is not None:  # order 2: rhos solve [[1, 1], [rk, 1]] rho = [b1, b2]
-            _, _, lam_l2 = _coefs(abar, t_last2, x_t)
-            rk = (lam_l2 - lam_l) / h
-            d1 = (x0_prev2.float() - m0) / rk
-            b1 = h_phi_k / b_h
-            b2 = (h_phi_k / hh - 0.5) * 2 / b_h
-            rho0 = (b1 - b2) / (1 - rk)
-            res = rho0 * d1 + (b1 - rho0) * d1_t
-        else:
-            res = 0.5 * d1_t
-        x = (s_t / s_l) * x_last.float() - a_t * h_phi_1 * m0 - a_t * b_h * res
-    x_corr = _write(x, x_corr_out, x_t)
-    a_p, s_p, lam_p = _coefs(abar, t_prev, x_t)
-    h = lam_p - lam_t
-    h_phi_1 = torch.expm1(-h)
-    x_prev = (s_p / s_t) * x - a_p * h_phi_1 * x0
-    if predictor_order == 2 and x0_prev is not None:
-        _, _, lam_l = _coefs(abar, t_last, x_t)
-        rk = (lam_l - lam_t) / h
-        x_prev = x_prev - a_p * h_phi_1 * 0.5 * (x0_prev.float() - x0) / rk
-    x0 = _write(x0, x0_out, x_t)
-    return _write(x_prev, out, x_t), x0, x_corr
-
-
-def _cfg_unipc_stand_in(x_t, eps_uncond, eps_cond, scale, alphas_cumprod, t, t_prev, **kw):
-    return _unipc_stand_in(x_t, R.cfg_combine(eps_uncond.float(), eps_cond.float(), scale), alphas_cumprod,
-                           t, t_prev, **kw)
-
-
-def _heun_stand_in(x, v, v_next, dt, *, out=None, backend="auto"):
-    res = x.float() + (dt / 2) * (v.float() + v_next.float())
-    return _write(res, out, x)
-
-
-_dpmpp_2m_step = getattr(F, "dpmpp_2m_step", _dpmpp_2m_stand_in)
-_cfg_dpmpp_2m_step = getattr(F, "cfg_dpmpp_2m_step", _cfg_dpmpp_2m_stand_in)
-_unipc_step = getattr(F, "unipc_step", _unipc_stand_in)
-_cfg_unipc_step = getattr(F, "cfg_unipc_step", _cfg_unipc_stand_in)
-_heun_step = getattr(F, "heun_step", _heun_stand_in)
