@@ -1,9 +1,10 @@
 """diffaccel: fast diffusion sampling and training, and the CS180 "fun with diffusion models" project."""
 from . import functional, reference
 from . import _backends
+from . import samplers
 from .functional import available_backends
 
 _backends.cpp_ops()  # load the compiled ops now; without them: one warning, and the reference is used
 
 __version__ = "0.1.0"
-__all__ = ["functional", "reference", "available_backends", "__version__"]
+__all__ = ["functional", "reference", "samplers", "available_backends", "__version__"]

@@ -80,9 +80,10 @@ class _TorchBackend:
         x_prev, x0, x_corr = ref.unipc_step(
             x_t, eps, abar, t, t_prev, x0_prev=x0_prev, t_last=t_last, x_last=x_last, x0_prev2=x0_prev2,
             t_last2=t_last2, predictor_order=predictor_order, **_threshold_kwargs(clip_x0, th_ratio, th_max))
-        out.copy_(x_prev)
-        x0_out.copy_(x0)
+        # x_corr is x_t itself when there is no corrector: store it before out (which may alias x_t)
         x_corr_out.copy_(x_corr)
+        x0_out.copy_(x0)
+        out.copy_(x_prev)
 
     @staticmethod
     def heun_step(x, v, v_next, dt, out):

@@ -287,7 +287,9 @@ def test_cuda_graph_needs_cuda(tiny_runs):
 # ----------------------------------------------------------------------------- GPU (issue 3 targets)
 @pytest.mark.gpu
 @pytest.mark.parametrize("name,kw", [("ddpm_class", {}), ("ddpm_class", dict(num_steps=10, sampler="ddim")),
-                                     ("flow_class", dict(num_steps=12))])
+                                     ("ddpm_class", dict(num_steps=10, sampler="dpmpp_2m")),
+                                     ("ddpm_class", dict(num_steps=10, sampler="unipc")),
+                                     ("flow_class", dict(num_steps=12)), ("flow_class", dict(num_steps=6, sampler="heun"))])
 def test_cuda_sampling_never_syncs_and_graph_replays_the_same(tiny_runs, name, kw):
     m = P.MNISTDiffusion.from_train_dir(tiny_runs[name]).to("cuda")
     labels = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]

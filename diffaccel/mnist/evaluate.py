@@ -13,7 +13,8 @@ from .. import functional as F
 from .classifier import accuracy, features, frechet_distance, load_classifier
 from .data import mnist_tensors
 from .pretrained import MNISTDiffusion
-from .sampling import sample
+from ..samplers import nfe
+from .sampling import resolve_sampler, sample
 
 SIGMAS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
 
@@ -46,8 +47,11 @@ def fd_floor(data_dir=None, n: int = 10000, classifier=None) -> float:
 
 
 def evaluate_generator(model: MNISTDiffusion, n: int = 10000, guidance_scale: float = 5.0,
-                       num_steps: Optional[int] = None, sampler: str = "ddpm", seed: int = 0, data_dir=None,
+                       num_steps: Optional[int] = None, sampler: Optional[str] = None, seed: int = 0, data_dir=None,
                        classifier=None, progress: bool = True) -> dict:
+    """Sample ``n`` digits (``sampler``: see :func:`~diffaccel.mnist.sampling.sample`; ``None`` is the
+    model's default, "ddpm" or "euler") and score them: label accuracy and Fréchet distance."""
+    sampler = resolve_sampler(model, sampler)
     clf = classifier or load_classifier()
     xt, _ = mnist_tensors("test", root=data_dir)
     t0 = time.time()
@@ -56,8 +60,8 @@ def evaluate_generator(model: MNISTDiffusion, n: int = 10000, guidance_scale: fl
     x = sample(model, labels=labels, n=None if labels is not None else n, guidance_scale=guidance_scale,
                num_steps=num_steps, seed=seed, sampler=sampler, progress=progress,
                batch_size=1000 if cuda else 512, cuda_graph=cuda).cpu()
-    res = {"model": model.name, "n": n, "num_steps": num_steps or (model.num_timesteps if model.kind == "ddpm" else 300),
-           "sampler": sampler if model.kind == "ddpm" else "euler", "seed": seed,
+    steps = num_steps or (model.num_timesteps if model.kind == "ddpm" else 300)
+    res = {"model": model.name, "n": n, "num_steps": steps, "sampler": sampler, "nfe": nfe(sampler, steps), "seed": seed,
            "sampling_time_s": round(time.time() - t0, 1)}
     if labels is not None:
         res["guidance_scale"] = guidance_scale

@@ -1,8 +1,10 @@
-"""Sampling the Part B models: DDPM (SPEC B2.3), CFG (B2.5), DDIM / strided, flow-matching Euler.
+"""Sampling the Part B models: DDPM (SPEC B2.3), CFG (B2.5), DDIM / strided, DPM-Solver++(2M),
+UniPC, flow-matching Euler / Heun.
 
-Samplers are short loops over :mod:`diffaccel.functional`; guidance is one batched forward of
-``[cond, uncond]`` per step and the CFG combine is fused with the update
-(``functional.cfg_ddpm_step``), written in place into one buffer. Noise is drawn per sample
+The loops are :mod:`diffaccel.samplers`; this module makes the UNet a model function for them
+(guidance is a wrapper: the CPU's shared-work guided forward, or one batched ``[cond, uncond]``
+forward whose CFG combine is fused with the update) and wraps a whole loop in a CUDA graph
+where asked. Noise is drawn per sample
 from a generator seeded by ``(seed, index)``, so a digit does not depend on the batch it is in
 (up to float rounding: oneDNN may pick another convolution algorithm for another batch size,
 which moves the last bits; a sharded run that keeps the batch size is bit-identical).
@@ -14,13 +16,15 @@ import os
 from typing import Callable, Optional, Sequence, Union
 
 import torch
-from tqdm.auto import tqdm
 
-from .. import functional as F
+from ..errors import ArgumentError, ArgumentTypeError
+from ..samplers import (DDPM_SAMPLERS, FLOW_SAMPLERS, Guided, flow_times, get_sampler, nfe, replay_cuda_graph,
+                        sample_ddpm)
 from .models import one_hot
 from .pretrained import MNISTDiffusion
 
-SAMPLERS = ("ddpm", "ddim")
+#: Samplers by model kind (:mod:`diffaccel.samplers`); the first of each is the default.
+SAMPLERS = DDPM_SAMPLERS + FLOW_SAMPLERS
 #: Device types whose sampling loops get all their noise drawn before the first step.
 NOISE_UP_FRONT = ("cuda",)
 #: How many sampling settings keep their CUDA graphs on the model (``MNISTDiffusion.clear_cuda_graphs``).
@@ -110,177 +114,189 @@ def _labels_for(model: MNISTDiffusion, labels, n: Optional[int]) -> tuple:
     return labels, n
 
 
-def _noise_draws(model: MNISTDiffusion, ts: Optional[list], sampler: str) -> int:
+def resolve_sampler(model: MNISTDiffusion, sampler: Optional[str]) -> str:
+    """``sampler`` checked against the model's kind; ``None``: "ddpm" (DDPM models), "euler" (flow)."""
+    if model.kind == "flow":
+        if sampler is None:
+            return "euler"
+        if sampler not in FLOW_SAMPLERS:
+            raise ArgumentError(f"model {model.name!r} is a flow-matching model: sampler must be one of "
+                                f"{FLOW_SAMPLERS}, got {sampler!r} ({DDPM_SAMPLERS} are for DDPM models)")
+        return sampler
+    if sampler is None:
+        return "ddpm"
+    if sampler not in DDPM_SAMPLERS:
+        raise ArgumentError(f"model {model.name!r} is a DDPM model: sampler must be one of {DDPM_SAMPLERS}, "
+                            f"got {sampler!r} ({FLOW_SAMPLERS} are for flow-matching models)")
+    return sampler
+
+
+def _schedule(model: MNISTDiffusion, num_steps: Optional[int]) -> list:
+    """DDPM: the timesteps to evaluate at, then -1 (the clean image); flow: times 0 .. 1."""
+    if model.kind == "ddpm":
+        return ddpm_timesteps(model.num_timesteps, num_steps) + [-1]
+    return flow_times(num_steps or 300)
+
+
+def _noise_draws(ts: list, sampler: str) -> int:
     """How many N(0, I) draws a sampling run takes after x_T (one per DDPM step with t > 0)."""
-    if model.kind == "ddpm" and sampler == "ddpm":
-        return sum(1 for t in ts if t > 0)
-    return 0
+    return sum(1 for t in ts[:-1] if t > 0) if sampler == "ddpm" else 0
+
+
+def _model_fn(model: MNISTDiffusion, c: Optional[torch.Tensor], n: int, guidance_scale: float, guided: bool,
+              shared: bool, compile: bool, bf16: bool):
+    """The UNet as a sampler's model function ``fn(x, t)``, guidance included (a wrapper).
+
+    CPU (compute-bound): :class:`~diffaccel.mnist.inference.GuidedUNet` returns the combined
+    ``eps_u + g (eps_c - eps_u)`` sharing the class-independent work, in cache-sized chunks, into
+    two alternating buffers. CUDA (launch-bound at MNIST sizes): one batched ``[cond, uncond]``
+    forward handed on as :class:`~diffaccel.samplers.Guided`, combined inside the fused update.
+    """
+    dev = model.device
+
+    def t_input(t):
+        return model.time_input(torch.full((n,), t, device=dev))
+
+    def autocast():  # bf16: the UNet under autocast; combine and update stay float32
+        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16)
+
+    if shared:
+        net = model.guided_model(compile=compile)
+        k = -(-n // -(-n // GUIDED_CHUNK))  # balanced chunks: at most two distinct sizes
+        chunks = [(s, min(n, s + k)) for s in range(0, n, k)]
+        bufs, turn = [], [0]
+
+        def guided_fn(x, t):
+            if not bufs:
+                bufs.extend(torch.empty_like(x) for _ in range(2))
+            eps = bufs[turn[0]]
+            turn[0] ^= 1
+            t_in = t_input(t)
+            with autocast():
+                for s, e in chunks:
+                    eps[s:e] = net(x[s:e], t_in[s:e], c[s:e], guidance_scale)
+            return eps
+        return guided_fn
+    net = model.inference_model(compile=compile)
+    if guided:
+        def batched_fn(x, t):
+            t_in = t_input(t)
+            cond = torch.cat([c, torch.zeros_like(c)])  # read from c each call: a CUDA graph's input
+            with autocast():
+                out = net(torch.cat([x, x]), torch.cat([t_in, t_in]), cond).float()
+            return Guided(out[n:], out[:n], guidance_scale)  # (uncond, cond)
+        return batched_fn
+
+    def plain_fn(x, t):
+        with autocast():
+            return net(x, t_input(t), c).float()
+    return plain_fn
+
+
+def _run_sampler(model: MNISTDiffusion, sampler: str, fn, x: torch.Tensor, ts: list, noise, callback, progress: bool,
+                 backend: str) -> torch.Tensor:
+    """One call into :mod:`diffaccel.samplers`, in place on ``x``."""
+    kw = dict(callback=callback, progress=progress, backend=backend, out=x)
+    if model.kind == "flow":
+        return get_sampler(sampler)(fn, x, ts, **kw)
+    abar = model.alphas_cumprod.to(x.device)
+    if sampler == "ddpm":
+        return sample_ddpm(fn, x, ts, abar, noise=noise, variance="fixed_large", **kw)
+    return get_sampler(sampler)(fn, x, ts, abar, **kw)
 
 
 @torch.inference_mode()
 def _sample_batch(model: MNISTDiffusion, labels, indices, guidance_scale, num_steps, seed, sampler,
                   callback, progress, backend, compile, precision, graphs: Optional[dict] = None):
     if model.kind not in ("ddpm", "flow"):
-        raise ValueError(f"model {model.name!r} is a one-step {model.kind}, not a generative model")
+        raise ArgumentError(f"model {model.name!r} is a one-step {model.kind}, not a generative model")
     dev = model.device
-    bf16 = precision == "bf16"
     n = len(indices)
-    ts = ddpm_timesteps(model.num_timesteps, num_steps) if model.kind == "ddpm" else None
+    ts = _schedule(model, num_steps)
     noise = PerSampleNoise(seed, indices, (1, 28, 28), dev)
-    # On CUDA all the noise is drawn up front (pinned, one non-blocking copy): the loop below
-    # then never touches the host, which is what lets it run unsynchronised or as a CUDA graph.
-    up_front = dev.type in NOISE_UP_FRONT or graphs is not None
-    if up_front:
-        draws = noise.draw_steps(1 + _noise_draws(model, ts, sampler))
+    # On CUDA all the noise is drawn up front (pinned, one non-blocking copy): the loop then never
+    # touches the host, which is what lets it run unsynchronised or as a CUDA graph.
+    if dev.type in NOISE_UP_FRONT or graphs is not None:
+        draws = noise.draw_steps(1 + _noise_draws(ts, sampler))
         x, zs = draws[0], draws[1:]
     else:
-        x, zs = noise.draw(), None
+        x, zs = noise.draw(), noise
     guided = model.conditioning == "class" and labels is not None and guidance_scale != 1.0
     c = one_hot(labels, n, device=dev) if model.conditioning == "class" else None
-    # CPU (compute-bound): one guided forward that shares the class-independent work, in
-    # cache-sized chunks. CUDA (launch-bound at MNIST sizes): one batched [cond, uncond] forward,
-    # then the fused CFG step; fewer, larger kernels.
     shared = guided and dev.type == "cpu"
     if compile is None:  # auto: compile where the ~10 s it costs (once per model) pays for itself
-        compile = shared and n * (num_steps or 300) >= AUTO_COMPILE_WORK
-    if shared:
-        net = model.guided_model(compile=compile)
-        k = -(-n // -(-n // GUIDED_CHUNK))  # balanced chunks: at most two distinct sizes
-        chunks = [(s, min(n, s + k)) for s in range(0, n, k)]
-        cond = c
-    else:
-        net = model.inference_model(compile=compile)
-        cond = torch.cat([c, torch.zeros_like(c)]) if guided else c
-
-    def predict(x_in, t_in, cond, eps):
-        """(eps, None) — guidance already combined — or (eps_cond, eps_uncond) for the fused step."""
-        # bf16: the UNet runs under autocast (oneDNN / cuDNN bf16 kernels); the update stays float32
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            if shared:  # eps = eps_u + g (eps_c - eps_u)
-                for s, e in chunks:
-                    eps[s:e] = net(x_in[s:e], t_in[s:e], cond[s:e], guidance_scale)
-                return eps, None
-            if guided:
-                out = net(torch.cat([x_in, x_in]), torch.cat([t_in, t_in]), cond).float()
-                return out[:n], out[n:]  # (cond, uncond)
-            return net(x_in, t_in, cond).float(), None
-
-    def run(x, zs, cond, show: bool):
-        """The sampling loop, in place on ``x``; ``zs``: the pre-drawn noise (else drawn per step)."""
-        z = torch.empty_like(x) if zs is None else None
-        eps = torch.empty_like(x) if shared else None
-        if model.kind == "ddpm":
-            abar = model.alphas_cumprod.to(dev)
-            j = 0
-            for i in tqdm(range(len(ts)), desc="sampling", disable=not show, leave=False):
-                t, t_prev = ts[i], (ts[i + 1] if i + 1 < len(ts) else -1)
-                t_in = model.time_input(torch.full((n,), t, device=dev))
-                e, e_u = predict(x, t_in, cond, eps)
-                if sampler == "ddim":
-                    if e_u is not None:
-                        F.cfg_ddim_step(x, e_u, e, guidance_scale, abar, t, t_prev, out=x, backend=backend)
-                    else:
-                        F.ddim_step(x, e, abar, t, t_prev, out=x, backend=backend)
-                else:
-                    zn = None
-                    if t > 0:
-                        zn = noise.draw(z) if zs is None else zs[j]
-                        j += 1
-                    if e_u is not None:
-                        F.cfg_ddpm_step(x, e_u, e, guidance_scale, abar, t, t_prev, noise=zn,
-                                        variance="fixed_large", out=x, backend=backend)
-                    else:
-                        F.ddpm_step(x, e, abar, t, t_prev, noise=zn, variance="fixed_large", out=x,
-                                    backend=backend)
-                if callback is not None:
-                    callback({"i": i, "t": t, "x": x})
-        else:
-            steps = num_steps or 300
-            dt = 1.0 / steps
-            for i in tqdm(range(steps), desc="sampling", disable=not show, leave=False):
-                t_in = torch.full((n,), i * dt, device=dev)
-                u, u_u = predict(x, t_in, cond, eps)
-                if u_u is not None:
-                    u = F.cfg_combine(u_u, u, guidance_scale, backend=backend)
-                F.euler_step(x, u, dt, out=x)
-                if callback is not None:
-                    callback({"i": i, "t": i * dt, "x": x})
-        return x
-
+        compile = shared and n * nfe(sampler, len(ts) - 1) >= AUTO_COMPILE_WORK
+    fn = _model_fn(model, c, n, guidance_scale, guided, shared, compile, precision == "bf16")
     if graphs is None:
-        return run(x, zs, cond, progress).clamp_(0, 1)
-    # CUDA graph: the whole loop is captured once per batch size and replayed; a later batch of
-    # the same size only copies its x_T, noise and labels into the captured buffers.
-    if n not in graphs:
-        # This batch's own tensors become the graph's inputs (capturing runs nothing, so x still
-        # holds x_T when the replay starts): no copies for the batch that captures.
-        side = torch.cuda.Stream(dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side):  # warm-up outside the capture: cuDNN plans, lazy inits
-            t0 = model.time_input(torch.zeros(n, device=dev))
-            for _ in range(2):
-                predict(x, t0, cond, torch.empty_like(x))
-        torch.cuda.current_stream(dev).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = run(x, zs, cond, False)
-        graphs[n] = graph, {"x": x, "zs": zs, "cond": cond, "out": out}
-    else:
-        graph, static = graphs[n]
-        static["x"].copy_(x)
-        static["zs"].copy_(zs)
-        if cond is not None:
-            static["cond"].copy_(cond)
-    graph, static = graphs[n]
-    graph.replay()
-    return static["out"].clamp(0, 1)
+        return _run_sampler(model, sampler, fn, x, ts, zs, callback, progress, backend).clamp_(0, 1)
+    # CUDA graph: the whole loop captured once per batch size and replayed (a wrapper around the
+    # loop); a later batch of the same size only copies its x_T, noise and labels into the graph's.
+    inputs = {"x": x, "zs": zs if zs.numel() else None, "c": c}
+
+    def warmup():
+        for _ in range(2):
+            fn(x, ts[0])
+
+    out = replay_cuda_graph(graphs, n, lambda: _run_sampler(model, sampler, fn, x, ts, zs, None, False, backend),
+                            inputs, warmup)
+    return out.clamp(0, 1)
 
 
 def sample(model: MNISTDiffusion, labels: Union[Sequence[int], torch.Tensor, None] = None, n: Optional[int] = None,
            guidance_scale: float = 5.0, num_steps: Optional[int] = None, seed: int = 0, *,
-           sampler: str = "ddpm", batch_size: int = 512, start_index: int = 0,
+           sampler: Optional[str] = None, batch_size: int = 512, start_index: int = 0,
            callback: Optional[Callable[[dict], None]] = None, progress: bool = False,
            backend: str = "auto", compile: Optional[bool] = None, precision: str = "fp32",
            cuda_graph: bool = False) -> torch.Tensor:
     """Sample digits: a float tensor [N, 1, 28, 28] in [0, 1] on the model's device.
 
     Class-conditional models use CFG with ``guidance_scale`` (SPEC B2.5; ``labels`` default to
-    ``0, 1, ..., 9, 0, ...``); time-conditioned models ignore it. ``num_steps=None`` runs all T
-    DDPM steps (flow: 300 Euler steps); fewer gives strided DDPM (``sampler="ddpm"``) or DDIM.
+    ``0, 1, ..., 9, 0, ...``); time-conditioned models ignore it.
+
+    ``sampler`` (:mod:`diffaccel.samplers`): for DDPM models ``"ddpm"`` (default; ancestral,
+    SPEC B2.3), ``"ddim"``, ``"dpmpp_2m"`` (DPM-Solver++(2M)) or ``"unipc"`` (UniPC bh2, order 2);
+    for flow-matching models ``"euler"`` (default) or ``"heun"``. ``num_steps`` is the number of
+    solver steps: ``None`` runs all T DDPM steps (flow: 300), fewer stride the schedule
+    (:func:`ddpm_timesteps`; flow: uniform times). Model evaluations per step: one, except Heun's
+    two (``samplers.nfe``: Heun with n steps costs 2n).
+
     Sample ``k`` uses the noise stream ``(seed, start_index + k)``. The UNet runs with BatchNorm
     folded and channels-last (:mod:`diffaccel.mnist.inference`). On the CPU, guidance is one
     forward per step that computes ``eps_u + g (eps_c - eps_u)`` sharing the class-independent work
     (:class:`~diffaccel.mnist.inference.GuidedUNet`: encoder, skip halves and head once; about
     22% fewer multiply-adds than two calls, same digits up to float32 rounding), run in chunks
     of :data:`GUIDED_CHUNK` samples; on CUDA it is one batched ``[cond, uncond]`` forward and the
-    fused ``cfg_ddpm_step`` (the GPU is launch-bound at this size: fewer, larger kernels win).
+    fused ``cfg_*`` step (the GPU is launch-bound at this size: fewer, larger kernels win).
     ``compile=True`` compiles the network (CPU guided path: inductor ``freezing=True``, falling back
     to eager with a warning where torch.compile fails); ``compile=None`` (default) compiles only big
-    CPU jobs (:data:`AUTO_COMPILE_WORK`). ``precision="bf16"`` runs the UNet under bfloat16 autocast
-    (faster on CPUs with AVX512-BF16 or AMX, and on GPUs; the digits change by bf16 rounding, the
-    guidance combine, head and update stay float32).
+    CPU jobs (:data:`AUTO_COMPILE_WORK` samples x model evaluations). ``precision="bf16"`` runs the
+    UNet under bfloat16 autocast (faster on CPUs with AVX512-BF16 or AMX, and on GPUs; the digits
+    change by bf16 rounding, the guidance combine, head and update stay float32).
     On CUDA the loop makes no host synchronisation per step (the noise is drawn up front);
     ``cuda_graph=True`` captures the whole loop as one CUDA graph per batch size, kept on the model,
     and replays it: the first call pays the capture, later calls with the same settings only copy
     their inputs in and replay (same digits; no ``callback``: nothing runs on the host in a replay).
+    ``callback(info)`` gets ``i``, ``t``, ``t_prev``, ``x`` and ``x0_hat`` per step
+    (:mod:`diffaccel.samplers`; the tensors are the loop's buffers: copy what you keep).
     """
     if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        raise ArgumentError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    if sampler is not None and not isinstance(sampler, str):
+        raise ArgumentTypeError(f"sampler must be a string such as 'ddpm', got {type(sampler).__name__}")
+    sampler = resolve_sampler(model, sampler) if model.kind in ("ddpm", "flow") else sampler
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
-        raise TypeError(f"guidance_scale must be a number, got {type(guidance_scale).__name__}")
+        raise ArgumentTypeError(f"guidance_scale must be a number, got {type(guidance_scale).__name__}")
     labels, n = _labels_for(model, labels, n)
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise ArgumentError(f"n must be >= 1, got {n}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ArgumentError(f"batch_size must be >= 1, got {batch_size}")
     graphs = None
     if cuda_graph:
         if model.device.type != "cuda":
-            raise ValueError(f"cuda_graph=True needs the model on a CUDA device, it is on {model.device}")
+            raise ArgumentError(f"cuda_graph=True needs the model on a CUDA device, it is on {model.device}")
         if callback is not None:
-            raise ValueError("cuda_graph=True cannot call a callback per step (a graph replay runs no Python)")
+            raise ArgumentError("cuda_graph=True cannot call a callback per step (a graph replay runs no Python)")
         # Graphs live on the model, keyed by everything the capture bakes in (batch size inside):
         # a later call with the same settings only replays. The few most recent settings are kept.
         key = (num_steps, sampler, float(guidance_scale), precision, backend, compile, labels is not None)

@@ -8,11 +8,14 @@ Conventions:
 * Every stochastic function takes a ``torch.Generator`` and draws all its noise from it, in a
   fixed order: the same seed gives the same image.
 * ``callback(info: dict)`` is called after every step (k-diffusion style) with ``i``, ``t``,
-  ``t_prev``, ``x`` (the new ``x_{t_prev}``), ``x0_hat`` (canonical range) and ``noise``.
-* Every formula is a :mod:`diffaccel.functional` call (the fused kernels): ``add_noise``,
-  ``predict_x0``, ``ddpm_step`` / ``cfg_ddpm_step`` (with the learned-range variance when the
-  model predicts one, else ``fixed_small``), ``gaussian_blur``, ``hybrid_combine``,
-  ``masked_project``.
+  ``t_prev``, ``x`` (the new ``x_{t_prev}``, the loop's buffer: copy what you keep), ``x0_hat``
+  (canonical range) and, for the DDPM update, ``noise``.
+* The loop is :mod:`diffaccel.samplers` (``sampler="ddpm"`` by default, or ``"ddim"``,
+  ``"dpmpp_2m"``, ``"unipc"``); each technique is a model wrapper (CFG, views, factorizations)
+  or a per-step hook (inpainting's projection) plus one call into it. Every formula is a
+  :mod:`diffaccel.functional` call (the fused kernels): ``add_noise``, ``predict_x0``,
+  ``ddpm_step`` / ``cfg_ddpm_step`` (with the learned-range variance when the model predicts one,
+  else ``fixed_small``), ``gaussian_blur``, ``hybrid_combine``, ``masked_project``.
 * CFG, anagrams and hybrids make ONE batched model call per step.
 """
 from __future__ import annotations
@@ -24,6 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import functional as Fn
+from .. import samplers
+from ..errors import ArgumentError
+from ..samplers import Guided, ModelFn, Output
 from .animation import make_gif
 from .denoisers import Denoiser
 from .factorizations import Factorization, HighLow, get_factorization
@@ -37,8 +43,6 @@ __all__ = [
 ]
 
 Callback = Optional[Callable[[dict], None]]
-#: (eps_uncond, eps_cond | None, predicted variance | None) for x_t at timestep t
-Predict = Callable[[torch.Tensor, int], Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]]
 
 
 class DenoiseResult(NamedTuple):
@@ -121,59 +125,76 @@ def _check_clean(denoiser: Denoiser, image, name: str = "image") -> torch.Tensor
     return denoiser.to_model_range(image.to(device=denoiser.device, dtype=torch.float32))
 
 
-def _progress(it, enabled: bool, desc: str):
-    if not enabled:
-        return it
-    from tqdm.auto import tqdm
-
-    return tqdm(it, desc=desc)
-
-
-def _plain(denoiser: Denoiser, cond) -> Predict:
+def _plain(denoiser: Denoiser, cond) -> ModelFn:
     enc = denoiser.encode(cond)
 
-    def predict(x, t):
+    def model(x, t):
         out = denoiser(x, t, enc)
-        return out.eps, None, out.variance
-    return predict
+        return Output(out.eps, out.variance)
+    return model
 
 
-def _cfg(denoiser: Denoiser, cond) -> Predict:
+def _cfg(denoiser: Denoiser, cond, guidance_scale: float) -> ModelFn:
     """One forward of ``[uncond, cond]``; the variance comes from the conditional pass (SPEC A1.6)."""
     both = denoiser.batch_conds([denoiser.null_cond, cond])
-
-    def predict(x, t):
-        out = denoiser(torch.cat([x, x]), t, both)
-        eps_u, eps_c = out.eps.chunk(2)
-        return eps_u, eps_c, None if out.variance is None else out.variance.chunk(2)[1]
-    return predict
+    return samplers.cfg(lambda x2, t: denoiser(x2, t, both), guidance_scale)
 
 
-def _run(denoiser: Denoiser, x: torch.Tensor, timesteps: List[int], i_start: int, predict: Predict,
-         guidance_scale: float, generator, callback: Callback, project=None, every: int = 5,
-         progress: bool = False, desc: str = "denoise", **step_kwargs) -> DenoiseResult:
-    """The one sampling loop: ``x_{t'} = ddpm_step(x_t, eps, t -> t')`` over ``timesteps[i_start:]``."""
+def _model(denoiser: Denoiser, cond, guidance_scale: Optional[float]) -> ModelFn:
+    return _plain(denoiser, cond) if guidance_scale is None else _cfg(denoiser, cond, guidance_scale)
+
+
+def _check_sampler(sampler: str, step_kwargs: dict) -> str:
+    if sampler not in samplers.DDPM_SAMPLERS:
+        raise ArgumentError(f"sampler must be one of {samplers.DDPM_SAMPLERS} (a noise-predicting model), "
+                            f"got {sampler!r}")
+    allowed = _STEP_KWARGS[sampler]
+    extra = sorted(k for k, v in step_kwargs.items() if k not in allowed and v is not None)
+    if extra:
+        raise ArgumentError(f"sampler {sampler!r} takes no {', '.join(extra)} (it accepts {sorted(allowed) or 'none'}); "
+                            "drop it or choose another sampler")
+    return sampler
+
+
+#: The step options each sampler takes (``**step_kwargs`` of the techniques).
+_STEP_KWARGS = {"ddpm": {"clip_x0", "dynamic_threshold"}, "ddim": {"eta"},
+                "dpmpp_2m": {"clip_x0", "dynamic_threshold"}, "unipc": {"clip_x0", "dynamic_threshold"}}
+
+
+def _run(denoiser: Denoiser, x: torch.Tensor, timesteps: List[int], i_start: int, model: ModelFn,
+         generator, callback: Callback, project=None, every: int = 5, progress: bool = False,
+         sampler: str = "ddpm", **step_kwargs) -> DenoiseResult:
+    """One call into :mod:`diffaccel.samplers` over ``timesteps[i_start:]``.
+
+    ``sampler="ddpm"``: ``x_{t'} = ddpm_step(x_t, eps, t -> t')`` with the learned-range variance
+    when the model predicts one, else ``fixed_small``; ``"ddim"``, ``"dpmpp_2m"``, ``"unipc"``:
+    the deterministic solvers (the model's variance is not used). ``project(x, t_prev, info)``
+    changes ``x`` in place after every step that does not land on the clean image.
+    """
+    _check_sampler(sampler, step_kwargs)
+    step_kwargs = {k: v for k, v in step_kwargs.items() if v is not None}
     abar = denoiser.alphas_cumprod
-    x = x.clone()
     inter: List[torch.Tensor] = []
-    for i in _progress(range(i_start, len(timesteps) - 1), progress, desc):
-        t, t_prev = timesteps[i], timesteps[i + 1]
-        eps_u, eps_c, var = predict(x, t)
-        noise = _randn(x, generator)
-        kw = dict(noise=noise, variance="fixed_small" if var is None else "learned_range",
-                  predicted_variance=var, **step_kwargs)
-        x_prev = (Fn.ddpm_step(x, eps_u, abar, t, t_prev, **kw) if eps_c is None
-                  else Fn.cfg_ddpm_step(x, eps_u, eps_c, guidance_scale, abar, t, t_prev, **kw))
-        info = {"i": i, "t": t, "t_prev": t_prev, "noise": noise}
-        if project is not None and t_prev >= 0:
-            x_prev = project(x_prev, t_prev, info)
-        if callback is not None:
-            eps = eps_u if eps_c is None else Fn.cfg_combine(eps_u, eps_c, guidance_scale)
-            info.update(x=x_prev, x0_hat=denoiser.from_model_range(Fn.predict_x0(x, eps, abar, t)))
-            callback(info)
-        x = x_prev
-        if i % every == 0:
-            inter.append(denoiser.from_model_range(x))
+
+    def hook(info):
+        info["i"] += i_start
+        if project is not None and info["t_prev"] >= 0:
+            project(info["x"], info["t_prev"], info)
+        if info["i"] % every == 0:
+            inter.append(denoiser.from_model_range(info["x"]).clone())
+
+    def report(info):
+        info["x0_hat"] = denoiser.from_model_range(info["x0_hat"])
+        callback(info)
+
+    kw = dict(callback=None if callback is None else report, hook=hook, progress=progress, **step_kwargs)
+    ts = timesteps[i_start:]
+    if sampler == "ddpm":
+        x = samplers.sample_ddpm(model, x, ts, abar, noise=generator, **kw)
+    elif sampler == "ddim":
+        x = samplers.sample_ddim(model, x, ts, abar, noise=generator, **kw)
+    else:
+        x = samplers.get_sampler(sampler)(model, x, ts, abar, **kw)
     return DenoiseResult(denoiser.from_model_range(x), inter)
 
 
@@ -227,37 +248,40 @@ def one_step_denoise(denoiser: Denoiser, x_t: torch.Tensor, t: int, cond=None) -
 # ----------------------------------------------------------------------------- A1.4 - A1.6
 def iterative_denoise(denoiser: Denoiser, x_t: torch.Tensor, i_start: int = 10, timesteps=None, cond=None,
                       generator: Optional[torch.Generator] = None, callback: Callback = None, every: int = 5,
-                      progress: bool = False, **step_kwargs) -> DenoiseResult:
+                      progress: bool = False, sampler: str = "ddpm", **step_kwargs) -> DenoiseResult:
     """SPEC A1.4: denoise ``x_t`` (at ``timesteps[i_start]``) step by step down the strided timesteps.
 
     ``x_t' = sqrt(abar_t') beta / (1 - abar_t) x0_hat + sqrt(alpha) (1 - abar_t') / (1 - abar_t) x_t + v``
     with ``alpha = abar_t / abar_t'``; ``v`` has the learned-range variance when the model
     predicts it, else the posterior ("fixed_small") variance. ``step_kwargs`` go to
     :func:`functional.ddpm_step` (``clip_x0``, ``dynamic_threshold``). No guidance.
+    ``sampler``: ``"ddpm"`` (this update), ``"ddim"`` (takes ``eta``), ``"dpmpp_2m"`` or ``"unipc"``
+    (deterministic solvers that need far fewer steps; see :mod:`diffaccel.samplers`).
     """
     denoiser.check_sample(x_t, "x_t")
     ts = _check_timesteps(denoiser, timesteps)
     i_start = _check_i_start(i_start, ts)
     cond = default_prompt(denoiser) if cond is None else cond
-    return _run(denoiser, x_t.to(denoiser.device), ts, i_start, _plain(denoiser, cond), 1.0, generator,
-                callback, every=every, progress=progress, **step_kwargs)
+    return _run(denoiser, x_t.to(denoiser.device), ts, i_start, _plain(denoiser, cond), generator,
+                callback, every=every, progress=progress, sampler=sampler, **step_kwargs)
 
 
 def iterative_denoise_cfg(denoiser: Denoiser, x_t: torch.Tensor, i_start: int = 10, timesteps=None, cond=None,
                           guidance_scale: float = 7.0, generator: Optional[torch.Generator] = None,
                           callback: Callback = None, every: int = 5, progress: bool = False,
-                          **step_kwargs) -> DenoiseResult:
+                          sampler: str = "ddpm", **step_kwargs) -> DenoiseResult:
     """SPEC A1.6: iterative denoising with classifier-free guidance.
 
     ``eps = eps_u + g (eps_c - eps_u)`` from ONE forward of ``[uncond, cond]``; the variance
-    comes from the conditional pass. g = 7 for IF (use 5 for the MNIST models).
+    comes from the conditional pass. g = 7 for IF (use 5 for the MNIST models). ``sampler`` as
+    :func:`iterative_denoise`.
     """
     denoiser.check_sample(x_t, "x_t")
     ts = _check_timesteps(denoiser, timesteps)
     i_start = _check_i_start(i_start, ts)
     cond = default_prompt(denoiser) if cond is None else cond
-    return _run(denoiser, x_t.to(denoiser.device), ts, i_start, _cfg(denoiser, cond), guidance_scale, generator,
-                callback, every=every, progress=progress, **step_kwargs)
+    return _run(denoiser, x_t.to(denoiser.device), ts, i_start, _cfg(denoiser, cond, guidance_scale), generator,
+                callback, every=every, progress=progress, sampler=sampler, **step_kwargs)
 
 
 def _pure_noise(denoiser: Denoiser, num_samples: int, generator) -> torch.Tensor:
@@ -270,13 +294,13 @@ def _pure_noise(denoiser: Denoiser, num_samples: int, generator) -> torch.Tensor
 def sample(denoiser: Denoiser, cond=None, num_samples: int = 1, timesteps=None,
            num_inference_steps: Optional[int] = None, guidance_scale: Optional[float] = None,
            generator: Optional[torch.Generator] = None, callback: Callback = None, every: int = 5,
-           progress: bool = False, **step_kwargs) -> DenoiseResult:
+           progress: bool = False, sampler: str = "ddpm", **step_kwargs) -> DenoiseResult:
     """SPEC A1.5 / A1.6 / A0: iterative denoising from pure noise (``i_start = 0``).
 
     ``guidance_scale=None`` samples without guidance (A1.5), a number uses CFG (A1.6).
     ``num_inference_steps`` uses diffusers' timesteps (as ``IFPipeline``, A0); otherwise
     ``timesteps`` (default: the strided 990..0). For IF's own behaviour pass
-    ``dynamic_threshold=(0.95, 1.5)``.
+    ``dynamic_threshold=(0.95, 1.5)``. ``sampler`` as :func:`iterative_denoise`.
     """
     if num_inference_steps is not None:
         if timesteps is not None:
@@ -285,31 +309,35 @@ def sample(denoiser: Denoiser, cond=None, num_samples: int = 1, timesteps=None,
     ts = _check_timesteps(denoiser, timesteps)
     x = _pure_noise(denoiser, num_samples, generator)
     cond = default_prompt(denoiser) if cond is None else cond
-    predict = _plain(denoiser, cond) if guidance_scale is None else _cfg(denoiser, cond)
-    return _run(denoiser, x, ts, 0, predict, 1.0 if guidance_scale is None else guidance_scale, generator,
-                callback, every=every, progress=progress, desc="sample", **step_kwargs)
+    return _run(denoiser, x, ts, 0, _model(denoiser, cond, guidance_scale), generator, callback, every=every,
+                progress=progress, sampler=sampler, **step_kwargs)
 
 
 # ----------------------------------------------------------------------------- A1.7
 def img2img(denoiser: Denoiser, image: torch.Tensor, cond=None, i_start: int = 10, timesteps=None,
             guidance_scale: float = 7.0, generator: Optional[torch.Generator] = None, callback: Callback = None,
-            progress: bool = False, **step_kwargs) -> torch.Tensor:
-    """SPEC A1.7 / A1.7.3: noise a clean image to ``timesteps[i_start]``, denoise it with CFG toward ``cond``."""
+            progress: bool = False, sampler: str = "ddpm", **step_kwargs) -> torch.Tensor:
+    """SPEC A1.7 / A1.7.3: noise a clean image to ``timesteps[i_start]``, denoise it with CFG toward ``cond``.
+
+    ``sampler`` as :func:`iterative_denoise`: a 10-step ``"dpmpp_2m"`` / ``"unipc"`` edit starts from
+    ``timesteps[i_start]`` of a 10-step schedule (e.g. ``strided_timesteps(stride=T // 10)``)."""
     ts = _check_timesteps(denoiser, timesteps)
     i_start = _check_i_start(i_start, ts)
     x_t = forward(denoiser, image, ts[i_start], generator)
     return iterative_denoise_cfg(denoiser, x_t, i_start, ts, cond, guidance_scale, generator, callback,
-                                 progress=progress, **step_kwargs).image
+                                 progress=progress, sampler=sampler, **step_kwargs).image
 
 
 def sdedit(denoiser: Denoiser, image: torch.Tensor, i_start_list: Sequence[int] = (1, 3, 5, 7, 10, 20),
            cond=None, timesteps=None, guidance_scale: float = 7.0, generator: Optional[torch.Generator] = None,
-           progress: bool = False, **step_kwargs) -> Dict[int, torch.Tensor]:
-    """SPEC A1.7 / A1.7.1: the SDEdit sweep; ``{i_start: edited image}`` (canonical range)."""
+           progress: bool = False, sampler: str = "ddpm", **step_kwargs) -> Dict[int, torch.Tensor]:
+    """SPEC A1.7 / A1.7.1: the SDEdit sweep; ``{i_start: edited image}`` (canonical range); ``sampler``
+    as :func:`img2img`."""
     ts = _check_timesteps(denoiser, timesteps)
     for i in i_start_list:
         _check_i_start(i, ts)
-    return {i: img2img(denoiser, image, cond, i, ts, guidance_scale, generator, progress=progress, **step_kwargs)
+    return {i: img2img(denoiser, image, cond, i, ts, guidance_scale, generator, progress=progress, sampler=sampler,
+                       **step_kwargs)
             for i in i_start_list}
 
 
@@ -330,11 +358,14 @@ def _check_mask(denoiser: Denoiser, mask, n: int) -> torch.Tensor:
 
 def inpaint(denoiser: Denoiser, image: torch.Tensor, mask: torch.Tensor, cond=None, i_start: int = 0,
             timesteps=None, guidance_scale: Optional[float] = 7.0, generator: Optional[torch.Generator] = None,
-            callback: Callback = None, every: int = 5, progress: bool = False, **step_kwargs) -> DenoiseResult:
+            callback: Callback = None, every: int = 5, progress: bool = False, sampler: str = "ddpm",
+            **step_kwargs) -> DenoiseResult:
     """SPEC A1.7.2: after every step ``x_t = m x_t + (1 - m) forward(x_orig, t)``; m = 1 is regenerated.
 
     Starts from pure noise at ``timesteps[i_start]`` (``i_start > 0``: from the noised image).
-    The callback's ``info["projection_noise"]`` is the noise the projection used.
+    The callback's ``info["projection_noise"]`` is the noise the projection used. The projection
+    is a hook the sampler runs after each update, so every ``sampler`` of :func:`iterative_denoise`
+    inpaints (multistep solvers keep their history of x0 predictions across it).
     """
     x_orig = _check_clean(denoiser, image)
     m = _check_mask(denoiser, mask, x_orig.shape[0])
@@ -345,16 +376,19 @@ def inpaint(denoiser: Denoiser, image: torch.Tensor, mask: torch.Tensor, cond=No
 
     def project(x_prev, t_prev, info):
         info["projection_noise"] = z = _randn(x_prev, generator)
-        return Fn.masked_project(x_prev, x_orig, m, z, abar, t_prev)
+        Fn.masked_project(x_prev, x_orig, m, z, abar, t_prev, out=x_prev)
 
     cond = default_prompt(denoiser) if cond is None else cond
-    predict = _plain(denoiser, cond) if guidance_scale is None else _cfg(denoiser, cond)
-    return _run(denoiser, x, ts, i_start, predict, 1.0 if guidance_scale is None else guidance_scale, generator,
-                callback, project=project, every=every, progress=progress, desc="inpaint", **step_kwargs)
+    return _run(denoiser, x, ts, i_start, _model(denoiser, cond, guidance_scale), generator, callback,
+                project=project, every=every, progress=progress, sampler=sampler, **step_kwargs)
 
 
 # ----------------------------------------------------------------------------- A1.8 - A1.9
-def _anagram_predict(denoiser: Denoiser, conds: Sequence, views: Sequence[View], guided: bool) -> Predict:
+def _anagram_model(denoiser: Denoiser, conds: Sequence, views: Sequence[View],
+                   guidance_scale: Optional[float]) -> ModelFn:
+    """The anagram wrapper: every view of ``x_t`` (and, guided, the unconditional passes) in ONE
+    forward, mapped back by the views' inverses and averaged."""
+    guided = guidance_scale is not None
     k = len(conds)
     blocks = ([denoiser.null_cond] * k if guided else []) + list(conds)
     enc = denoiser.batch_conds(blocks)
@@ -362,21 +396,21 @@ def _anagram_predict(denoiser: Denoiser, conds: Sequence, views: Sequence[View],
     def mean_inverse(chunks):
         return sum(v.inverse(e) for v, e in zip(views, chunks)) / k
 
-    def predict(x, t):
+    def model(x, t):
         viewed = [v.view(x) for v in views]
         out = denoiser(torch.cat(viewed * (2 if guided else 1)), t, enc)
         eps = out.eps.chunk(len(blocks))
         var = None if out.variance is None else mean_inverse(out.variance.chunk(len(blocks))[-k:])
         if guided:
-            return mean_inverse(eps[:k]), mean_inverse(eps[k:]), var
-        return mean_inverse(eps), None, var
-    return predict
+            return Guided(mean_inverse(eps[:k]), mean_inverse(eps[k:]), guidance_scale, var)
+        return Output(mean_inverse(eps), var)
+    return model
 
 
 def visual_anagram(denoiser: Denoiser, conds: Sequence, views: Sequence = ("identity", "flip"),
                    num_samples: int = 1, timesteps=None, guidance_scale: Optional[float] = 7.0,
                    generator: Optional[torch.Generator] = None, callback: Callback = None, every: int = 5,
-                   progress: bool = False, **step_kwargs) -> DenoiseResult:
+                   progress: bool = False, sampler: str = "ddpm", **step_kwargs) -> DenoiseResult:
     """SPEC A1.8 (and 3-/4-view illusions): ``eps = mean_i inverse_i(eps(view_i(x_t), cond_i))``.
 
     With two conditions and ``("identity", "flip")`` this is the course's
@@ -393,14 +427,14 @@ def visual_anagram(denoiser: Denoiser, conds: Sequence, views: Sequence = ("iden
     x = _pure_noise(denoiser, num_samples, generator)
     for v in vs:  # fail early (e.g. a square-only view on a non-square model)
         v.view(x[:1])
-    predict = _anagram_predict(denoiser, conds, vs, guidance_scale is not None)
-    return _run(denoiser, x, ts, 0, predict, 1.0 if guidance_scale is None else guidance_scale, generator,
-                callback, every=every, progress=progress, desc="anagram", **step_kwargs)
+    return _run(denoiser, x, ts, 0, _anagram_model(denoiser, conds, vs, guidance_scale), generator, callback,
+                every=every, progress=progress, sampler=sampler, **step_kwargs)
 
 
 def factorized(denoiser: Denoiser, conds: Sequence, factorization="high_low", num_samples: int = 1,
                timesteps=None, guidance_scale: Optional[float] = 7.0, generator: Optional[torch.Generator] = None,
-               callback: Callback = None, every: int = 5, progress: bool = False, **step_kwargs) -> DenoiseResult:
+               callback: Callback = None, every: int = 5, progress: bool = False, sampler: str = "ddpm",
+               **step_kwargs) -> DenoiseResult:
     """Factorized diffusion: ``eps = factorization.combine([eps(x_t, cond_i)])`` (SPEC A1.9 and beyond).
 
     One forward per step over ``[uncond, cond_1, ..., cond_k]``: a factorization is linear and
@@ -417,27 +451,27 @@ def factorized(denoiser: Denoiser, conds: Sequence, factorization="high_low", nu
     k = len(conds)
     enc = denoiser.batch_conds(([denoiser.null_cond] if guided else []) + list(conds))
 
-    def predict(x_t, t):
+    def model(x_t, t):  # the factorization wrapper
         out = denoiser(torch.cat([x_t] * (k + guided)), t, enc)
         eps = out.eps.chunk(k + guided)
         var = None if out.variance is None else sum(out.variance.chunk(k + guided)[-k:]) / k
         eps_c = fac.combine(list(eps[-k:]))
-        return (eps[0], eps_c, var) if guided else (eps_c, None, var)
+        return Guided(eps[0], eps_c, guidance_scale, var) if guided else Output(eps_c, var)
 
-    return _run(denoiser, x, ts, 0, predict, 1.0 if guidance_scale is None else guidance_scale, generator,
-                callback, every=every, progress=progress, desc=fac.name, **step_kwargs)
+    return _run(denoiser, x, ts, 0, model, generator, callback, every=every, progress=progress,
+                sampler=sampler, **step_kwargs)
 
 
 def hybrid(denoiser: Denoiser, cond_low, cond_high, kernel_size: int = 33, sigma: float = 2.0,
            num_samples: int = 1, timesteps=None, guidance_scale: Optional[float] = 7.0,
            generator: Optional[torch.Generator] = None, callback: Callback = None, every: int = 5,
-           progress: bool = False, **step_kwargs) -> DenoiseResult:
+           progress: bool = False, sampler: str = "ddpm", **step_kwargs) -> DenoiseResult:
     """SPEC A1.9: ``eps = lowpass(eps_1) + highpass(eps_2)`` (``functional.hybrid_combine``), kernel 33, sigma 2.
 
     ``cond_low`` is seen from far away, ``cond_high`` up close.
     """
     return factorized(denoiser, [cond_low, cond_high], HighLow(kernel_size, sigma), num_samples, timesteps,
-                      guidance_scale, generator, callback, every, progress, **step_kwargs)
+                      guidance_scale, generator, callback, every, progress, sampler, **step_kwargs)
 
 
 # ----------------------------------------------------------------------------- A0 stage II
@@ -445,13 +479,14 @@ def upsample_stage2(denoiser, images: torch.Tensor, cond=None, num_inference_ste
                     noise_level: int = 250, guidance_scale: Optional[float] = 4.0,
                     generator: Optional[torch.Generator] = None, callback: Callback = None,
                     dynamic_threshold: Optional[Tuple[float, float]] = (0.95, 1.5), progress: bool = False,
-                    **step_kwargs) -> DenoiseResult:
+                    sampler: str = "ddpm", **step_kwargs) -> DenoiseResult:
     """SPEC A0: IF stage II — upsample stage-I images (canonical range) guided by ``cond``.
 
     As diffusers' ``IFSuperResolutionPipeline``: bilinear upscale to the stage-II size, noise
     it to ``noise_level`` with the image-noising schedule, and sample from pure noise with the
     UNet seeing ``cat([x_t, upscaled])``; defaults are the pipeline's (g = 4, 50 steps,
-    noise level 250, dynamic thresholding 0.95 / 1.5).
+    noise level 250, dynamic thresholding 0.95 / 1.5). ``sampler`` as :func:`iterative_denoise`
+    (``"ddim"`` has no thresholding: pass ``dynamic_threshold=None`` with it).
     """
     if not hasattr(denoiser, "with_low_res"):
         raise TypeError("upsample_stage2 needs an IF stage-II denoiser (load_if_stage(..., stage=2))")
@@ -466,6 +501,5 @@ def upsample_stage2(denoiser, images: torch.Tensor, cond=None, num_inference_ste
     ts = inference_timesteps(num_inference_steps, denoiser.num_train_timesteps)
     x = _randn(up, generator)
     cond = default_prompt(denoiser) if cond is None else cond
-    predict = _plain(bound, cond) if guidance_scale is None else _cfg(bound, cond)
-    return _run(bound, x, ts, 0, predict, 1.0 if guidance_scale is None else guidance_scale, generator, callback,
-                progress=progress, desc="stage II", dynamic_threshold=dynamic_threshold, **step_kwargs)
+    return _run(bound, x, ts, 0, _model(bound, cond, guidance_scale), generator, callback, progress=progress,
+                sampler=sampler, dynamic_threshold=dynamic_threshold, **step_kwargs)

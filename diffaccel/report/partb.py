@@ -305,7 +305,8 @@ def _sampling(ctx: _Ctx, section: str, name: str, title: str, what: str) -> Tupl
             if info["i"] % _every == 0:
                 frames.append(info["x"].detach().clamp(0, 1).cpu().clone())
         x = sample(model, labels=labels, n=None if cls else n, guidance_scale=5.0, num_steps=steps,
-                   seed=ctx.seed, sampler="ddim", callback=record if final else None).cpu()
+                   seed=ctx.seed, sampler="ddim" if kind == "ddpm" else None,
+                   callback=record if final else None).cpu()
         if final:
             frames.append(x.clone())
         cells.append(ctx.png(f"{name}_samples_{'final' if final else f'epoch{ep}'}", x, nrow=10, scale=3))
