@@ -387,8 +387,11 @@ def sample_heun(model: ModelFn, x: Tensor, times: Sequence[float], *, callback: 
                 hook: Callback = None, progress: bool = False, backend: str = "auto",
                 out: Optional[Tensor] = None) -> Tensor:
     """Flow matching, Heun (2nd order; Karras et al. 2022, Alg. 1 without churn): an Euler
-    predictor ``x' = x + dt u(x, t)``, then ``x += dt/2 (u(x, t) + u(x', t + dt))``. Every step,
-    the last included, costs two model evaluations (the velocity is defined at t = 1): NFE = 2n.
+    predictor ``x' = x + dt u(x, t)``, then ``x += dt/2 (u(x, t) + u(x', t + dt))``. As in Alg. 1
+    the step that lands on the data end (``t + dt = 1``, where sigma would be 0) is a plain Euler
+    step: at t = 1 the velocity is not identifiable from x alone (the model can only return
+    ``x - E[x0]``), and averaging it in over a long final step brightens few-step samples. A run
+    of ``n`` steps ending at t = 1 costs ``2n - 1`` model evaluations (:func:`nfe`).
     """
     x = _buffer(_check_x(x), out)
     ts = _check_times(times)
@@ -397,22 +400,26 @@ def sample_heun(model: ModelFn, x: Tensor, times: Sequence[float], *, callback: 
         t, t_next = ts[i], ts[i + 1]
         dt = t_next - t
         v = _velocity(model(x, t), v_buf, backend)
-        F.euler_step(x, v, dt, out=x_e)
-        v_next = _velocity(model(x_e, t_next), v2_buf, backend)
         info = {"i": i, "t": t, "t_prev": t_next}
         x0_hat = (lambda x_t=(x.clone() if callback is not None else None), v=v, t=t:
                   F.euler_step(x_t, v, 1.0 - t))
-        F.heun_step(x, v, v_next, dt, out=x, backend=backend)
+        if t_next >= 1.0:
+            F.euler_step(x, v, dt, out=x)
+        else:
+            F.euler_step(x, v, dt, out=x_e)
+            v_next = _velocity(model(x_e, t_next), v2_buf, backend)
+            F.heun_step(x, v, v_next, dt, out=x, backend=backend)
         info["x"] = x
         _report(callback, hook, info, x0_hat)
     return x
 
 
 def nfe(sampler: str, num_steps: int) -> int:
-    """Model evaluations a run of ``num_steps`` steps costs (per guided batch: one per CFG pass pair)."""
+    """Model evaluations a run of ``num_steps`` steps costs (per guided batch: one per CFG pass pair;
+    Heun: two a step, one for the final Euler step onto t = 1)."""
     if sampler not in SAMPLERS:
         raise ArgumentError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    return 2 * num_steps if sampler == "heun" else num_steps
+    return 2 * num_steps - 1 if sampler == "heun" else num_steps
 
 
 def get_sampler(name: str) -> Callable[..., Tensor]:

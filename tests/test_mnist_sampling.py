@@ -155,6 +155,21 @@ def test_strided_and_ddim(tiny_runs):
     assert torch.equal(a, b)
 
 
+def test_multistep_solvers_do_not_spend_an_evaluation_at_t0(tiny_runs):
+    """DPM-Solver++ / UniPC evaluate at diffusers' "linspace" points (T-1 .. > 0) and land on x_0
+    with their last update; DDPM/DDIM keep the course's strided schedule that ends at t = 0."""
+    assert S.solver_timesteps(300, 5) == [299, 239, 179, 120, 60]
+    assert S.solver_timesteps(300, 300) == list(range(299, -1, -1))
+    m = P.MNISTDiffusion.from_train_dir(tiny_runs["ddpm_class"])
+    for sampler in ("dpmpp_2m", "unipc"):
+        seen = []
+        S.sample(m, labels=[1], num_steps=5, sampler=sampler, callback=lambda d: seen.append((d["t"], d["t_prev"])))
+        assert [t for t, _ in seen] == [299, 239, 179, 120, 60] and seen[-1][1] == -1, (sampler, seen)
+    seen = []
+    S.sample(m, labels=[1], num_steps=5, sampler="ddim", callback=lambda d: seen.append(d["t"]))
+    assert seen[-1] == 0
+
+
 def test_time_conditioned_ignores_guidance(tiny_runs):
     m = P.MNISTDiffusion.from_train_dir(tiny_runs["ddpm_time"])
     x = S.sample(m, n=3, num_steps=5)

@@ -176,12 +176,13 @@ def euler64(x, times, v):
 
 
 def heun64(x, times, v):
-    """Karras et al. 2022, Alg. 1 (deterministic), on the flow ODE dx/dt = v(x, t)."""
+    """Karras et al. 2022, Alg. 1 (deterministic), on the flow ODE dx/dt = v(x, t); the step onto
+    the data end (t = 1, sigma = 0 in Alg. 1) is Euler."""
     x = x.double()
     for t, tn in zip(times, times[1:]):
         d = v(x, t)
         x_e = x + (tn - t) * d
-        x = x + (tn - t) * 0.5 * (d + v(x_e, tn))
+        x = x_e if tn >= 1.0 else x + (tn - t) * 0.5 * (d + v(x_e, tn))
     return x
 
 
@@ -295,11 +296,11 @@ def test_flow_convergence_order():
     for sampler, lo, hi in ((S.sample_euler, 0.8, 1.3), (S.sample_heun, 1.7, 2.5)):
         errs = [(sampler(flow_model, x, S.flow_times(n)).double() - exact).abs().max().item() for n in (16, 32, 64)]
         assert all(lo < p < hi for p in _order(errs)), (sampler.__name__, errs)
-    # at equal model evaluations, Heun (2 per step) beats Euler by far
-    e_euler = (S.sample_euler(flow_model, x, S.flow_times(20)).double() - exact).abs().max()
+    # at equal model evaluations (19: Heun's last step is Euler), Heun beats Euler by far
+    e_euler = (S.sample_euler(flow_model, x, S.flow_times(19)).double() - exact).abs().max()
     e_heun = (S.sample_heun(flow_model, x, S.flow_times(10)).double() - exact).abs().max()
-    assert e_heun < e_euler / 4
-    assert S.nfe("heun", 10) == 20 and S.nfe("euler", 10) == 10 and S.nfe("unipc", 10) == 10
+    assert e_heun < e_euler / 3
+    assert S.nfe("heun", 10) == 19 and S.nfe("euler", 10) == 10 and S.nfe("unipc", 10) == 10
 
 
 # ----------------------------------------------------------------------------- noise, callbacks, buffers

@@ -131,9 +131,24 @@ def resolve_sampler(model: MNISTDiffusion, sampler: Optional[str]) -> str:
     return sampler
 
 
-def _schedule(model: MNISTDiffusion, num_steps: Optional[int]) -> list:
+def solver_timesteps(num_train_timesteps: int, num_steps: int) -> list:
+    """``num_steps`` evaluation timesteps for the multistep ODE solvers (DPM-Solver++, UniPC):
+    ``num_steps + 1`` evenly spaced points from T-1 down to 0 without the last (diffusers'
+    "linspace" spacing). Their final update lands on the clean image, so no model evaluation is
+    spent at t = 0, where the strided DDPM/DDIM schedule (:func:`ddpm_timesteps`, the course's)
+    evaluates."""
+    T = int(num_train_timesteps)
+    if num_steps >= T:
+        return list(range(T - 1, -1, -1))
+    ts = torch.linspace(T - 1, 0, num_steps + 1)[:-1].round().long().tolist()
+    return sorted(set(ts), reverse=True)
+
+
+def _schedule(model: MNISTDiffusion, num_steps: Optional[int], sampler: str = "ddpm") -> list:
     """DDPM: the timesteps to evaluate at, then -1 (the clean image); flow: times 0 .. 1."""
     if model.kind == "ddpm":
+        if sampler in ("dpmpp_2m", "unipc") and num_steps is not None:
+            return solver_timesteps(model.num_timesteps, num_steps) + [-1]
         return ddpm_timesteps(model.num_timesteps, num_steps) + [-1]
     return flow_times(num_steps or 300)
 
@@ -212,7 +227,7 @@ def _sample_batch(model: MNISTDiffusion, labels, indices, guidance_scale, num_st
         raise ArgumentError(f"model {model.name!r} is a one-step {model.kind}, not a generative model")
     dev = model.device
     n = len(indices)
-    ts = _schedule(model, num_steps)
+    ts = _schedule(model, num_steps, sampler)
     noise = PerSampleNoise(seed, indices, (1, 28, 28), dev)
     # On CUDA all the noise is drawn up front (pinned, one non-blocking copy): the loop then never
     # touches the host, which is what lets it run unsynchronised or as a CUDA graph.
@@ -257,8 +272,9 @@ def sample(model: MNISTDiffusion, labels: Union[Sequence[int], torch.Tensor, Non
     SPEC B2.3), ``"ddim"``, ``"dpmpp_2m"`` (DPM-Solver++(2M)) or ``"unipc"`` (UniPC bh2, order 2);
     for flow-matching models ``"euler"`` (default) or ``"heun"``. ``num_steps`` is the number of
     solver steps: ``None`` runs all T DDPM steps (flow: 300), fewer stride the schedule
-    (:func:`ddpm_timesteps`; flow: uniform times). Model evaluations per step: one, except Heun's
-    two (``samplers.nfe``: Heun with n steps costs 2n).
+    (:func:`ddpm_timesteps`; DPM-Solver++ and UniPC: :func:`solver_timesteps`; flow: uniform
+    times). Model evaluations per step: one, except Heun's
+    two (``samplers.nfe``: Heun with n steps costs 2n - 1).
 
     Sample ``k`` uses the noise stream ``(seed, start_index + k)``. The UNet runs with BatchNorm
     folded and channels-last (:mod:`diffaccel.mnist.inference`). On the CPU, guidance is one
