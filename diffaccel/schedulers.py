@@ -313,6 +313,10 @@ class _LazyX0:
         return self.value
 
 
+# Why lazy: with dynamic thresholding, x0 needs its own per-sample quantile pass, as costly as
+# the fused step itself; diffusers' pipelines read only prev_sample. Computing x0 eagerly makes
+# the step about as slow as diffusers' (bench_schedulers.py: 0.9-1.1x instead of 6-11x), so
+# pred_original_sample is computed on first read, in the tuple form and in the dataclass form.
 class _LazyStepTuple(tuple):
     """``(prev_sample, pred_original_sample)`` with the second item computed when first read."""
 

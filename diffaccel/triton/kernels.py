@@ -86,13 +86,8 @@ def _add_noise_kernel(x0_ptr, noise_ptr, abar_ptr, t_ptr, out_ptr, inner, T, BLO
 
 
 @triton.jit
-def _predict_x0_kernel(x_ptr, eu_ptr, ec_ptr, scale, abar_ptr, t_ptr, out_ptr, inner, T,
-                       HAS_CFG: tl.constexpr, ABS: tl.constexpr, BLOCK: tl.constexpr):
-    """SPEC A1.3: ``x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``.
-
-    With ``HAS_CFG`` eps is the guided ``eps_u + scale (eps_c - eps_u)``; with ``ABS`` it
-    stores ``|x0_hat|`` (the dynamic-thresholding pre-pass of :func:`ddpm_step`).
-    """
+def _predict_x0_kernel(x_ptr, e_ptr, abar_ptr, t_ptr, out_ptr, inner, T, BLOCK: tl.constexpr):
+    """SPEC A1.3: ``x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)``."""
     n = tl.program_id(1)
     a = _abar_at(abar_ptr, t_ptr, n, T)
     sqrt_a = tl.sqrt_rn(a)
@@ -101,11 +96,8 @@ def _predict_x0_kernel(x_ptr, eu_ptr, ec_ptr, scale, abar_ptr, t_ptr, out_ptr, i
     mask = local < inner
     offs = n.to(tl.int64) * inner + local
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    e = _guided_eps(eu_ptr, ec_ptr, offs, mask, scale, HAS_CFG)
-    x0 = (x - sqrt_1ma * e) / sqrt_a
-    if ABS:
-        x0 = tl.abs(x0)
-    tl.store(out_ptr + offs, x0.to(out_ptr.dtype.element_ty), mask=mask)
+    e = tl.load(e_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs, ((x - sqrt_1ma * e) / sqrt_a).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -570,8 +562,7 @@ def predict_x0(x_t, eps, abar, t, out, *, wrap: Wrap = _identity) -> None:
     inner = x_t.numel() // x_t.shape[0]
     block = _block(inner)
     wrap(_predict_x0_kernel)[_per_sample_grid(x_t, block)](
-        x_t, eps, eps, 1.0, abar, t, out, inner, abar.numel(),
-        HAS_CFG=False, ABS=False, BLOCK=block, num_warps=_NUM_WARPS)
+        x_t, eps, abar, t, out, inner, abar.numel(), BLOCK=block, num_warps=_NUM_WARPS)
 
 
 def cfg_combine(eps_u, eps_c, scale: float, out, *, wrap: Wrap = _identity) -> None:
