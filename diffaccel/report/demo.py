@@ -12,6 +12,7 @@ from typing import List
 
 from .html import Figure, render_index
 from .parta import IF_NEEDS, write_parta_if_figures, write_parta_mnist_figures
+from .frontier import write_sampler_figures
 from .partb import Budget, cpu_threads, write_partb_figures
 
 __all__ = ["run_demo"]
@@ -54,6 +55,8 @@ def run_demo(out_dir, seed: int = 0, quick: bool = False, if_stage1=None, if_sta
     else:
         notes["A-IF"] = IF_NEEDS
     figs += write_partb_figures(out, seed=seed, quick=quick, data_dir=data_dir, progress=progress)
+    with cpu_threads():
+        figs += write_sampler_figures(out, seed=seed, quick=quick)
     mode = ("quick mode (tiny step counts, for tests)" if quick else
             f"Part B grids with {budget.ddpm_steps}-step DDIM / {budget.flow_steps}-step Euler sampling")
     intro = [

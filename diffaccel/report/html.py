@@ -77,6 +77,7 @@ SECTIONS: Dict[str, str] = {
     "B2.5": "B2.4–B2.5 Class-conditioned DDPM",
     "B-flow": "Flow matching (time- and class-conditioned)",
     "B-gif": "Sampling animations",
+    "B-samplers": "Samplers: quality against model evaluations",
 }
 
 _CSS = """
