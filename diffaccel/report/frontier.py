@@ -138,20 +138,18 @@ def write_sampler_figures(out_dir, seed: int = 0, quick: bool = False) -> list:
             "linspace timesteps, DDPM and DDIM on the course's strided ones. 2x nearest-neighbour.",
             rows, col_headers=[f"budget {b}" for b in budgets], row_headers=list(samplers)))
     res = load_shipped()
-    if res is None or not res.get("points"):
-        figs.append(Figure("B-samplers", "The measured frontier", "",
-                           note="No measured frontier ships with this build (benchmarks/bench_samplers.py makes it)."))
+    if res is None or not res.get("points"):  # nothing measured ships with this build
         return figs
     plot_frontier(res, out / "s_frontier.png")
     pts, n = _points(res, None)
     figs.append(Figure(
         "B-samplers", "Fréchet distance against model evaluations (measured)",
         f"Measured by benchmarks/bench_samplers.py on {res.get('machine', {}).get('cpu', 'a CPU')} ({n} digits a "
-        "point, g = 5, the project classifier's feature space, against the test set); dashed: the floor "
+        "point, seed 0, g = 5, the project classifier's feature space, against the test set); dashed: the floor "
         "(training digits vs the test set, same n); dotted: the course loop (all 300 steps).",
         [[Cell("s_frontier.png")]]))
     if plot_guidance_sweep(res, out / "s_guidance.png") is not None:
         figs.append(Figure("B-samplers", "Guidance sweep (measured)",
-                           "Label accuracy and Fréchet distance of ddpm_class against the guidance scale g.",
+                           "Label accuracy and Fréchet distance of ddpm_class against the guidance scale g (seed 0).",
                            [[Cell("s_guidance.png")]]))
     return figs
