@@ -15,9 +15,11 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import torch
 
 from ..pipelines import techniques as T
-from ..pipelines.animation import FrameRecorder, animate_view
+from ..imageio import FrameRecorder, display_scale, save_gif, save_png
+from ..pipelines.animation import animate_view
+from ..pipelines.views import get_view
 from .html import Cell, Figure, single
-from .images import display_scale, draw_digit, draw_scene, from_canonical, save_gif, save_png
+from .images import draw_digit, draw_scene
 from .partb import Budget, generator_for, model_summary, quick_timesteps
 
 __all__ = ["PartASetup", "render_parta", "mnist_setup", "if_setup", "write_parta_mnist_figures",
@@ -61,6 +63,9 @@ class PartASetup:
     n_samples: int = 10
     n_illusions: int = 4
     section: Optional[str] = None  # None: each figure in its own A1.x section; else all in this one
+    #: extra anagrams for the "every view" figure: (views, conditions) pairs, one sample each;
+    #: views are names or View objects (for options), the first view is the upright reading
+    view_anagrams: List[Tuple[Sequence[Any], Sequence[Any]]] = field(default_factory=list)
     stage2: Any = None  # IF stage II denoiser (A0 upsampling of the CFG samples)
     stage2_steps: int = 50
     figures: List[Figure] = field(default_factory=list)
@@ -97,7 +102,7 @@ def render_parta(s: PartASetup, out_dir, seed: int = 0, progress: bool = True) -
 
     def png(name: str, x: torch.Tensor, label: str = "", width=None, sc: Optional[int] = None, **kw) -> Cell:
         fname = f"a_{s.key}_{name}.png"
-        save_png(from_canonical(x.detach().float().cpu()), out / fname, scale=sc or scale, **kw)
+        save_png(x, out / fname, value_range=(-1.0, 1.0), scale=sc or scale, pad=1, **kw)
         return Cell(fname, label, width)
 
     def show_xt(x_t: torch.Tensor) -> torch.Tensor:  # a noisy image (model space) -> canonical, for display
@@ -171,7 +176,7 @@ def render_parta(s: PartASetup, out_dir, seed: int = 0, progress: bool = True) -
                            f"{steps_txt}, "
                            f"{s.generic_desc}, no guidance; {seed_txt}.",
                            png("samples", res.image.clamp(-1, 1), nrow=min(5, s.n_samples)).src))
-        rec = FrameRecorder(den.from_model_range, key="x")
+        rec = FrameRecorder(den.from_model_range, value_range=(-1.0, 1.0))
         res = T.sample(den, cond=list(s.cfg_conds), num_samples=len(s.cfg_conds), timesteps=ts,
                        guidance_scale=s.guidance, generator=gen("A1.6"), callback=rec)
         cfg_img = res.image.clamp(-1, 1)
@@ -180,9 +185,9 @@ def render_parta(s: PartASetup, out_dir, seed: int = 0, progress: bool = True) -
                            f"eps = eps_u + g (eps_c - eps_u) with {g_txt}; one sample per condition "
                            f"({', '.join(s.cfg_names)}), {steps_txt}; {seed_txt}.",
                            [cells[i:i + 5] for i in range(0, len(cells), 5)]))
-        frames = [from_canonical(f) for f in rec.frames]
+        frames = rec.frames
         fname = f"a_{s.key}_cfg_denoising.gif"
-        save_gif(frames, out / fname, nrow=min(5, len(s.cfg_conds)), scale=scale)
+        save_gif(frames, out / fname, value_range=(-1.0, 1.0), nrow=min(5, len(s.cfg_conds)), scale=scale, pad=1)
         figs.append(single(sec("A-gif"), title("A-gif", "A denoising run"),
                            f"The guided sampling run of the CFG figure: x_t after each of the {len(frames)} steps "
                            f"({steps_txt}); {seed_txt}; loops.", fname))
@@ -274,6 +279,32 @@ def render_parta(s: PartASetup, out_dir, seed: int = 0, progress: bool = True) -
                            f"The first anagram above flipping upside down and back: {a} becomes {b}; {seed_txt}.",
                            fname))
 
+    def view_gallery_fig():
+        if not s.view_anagrams:
+            return
+        rows, heads = [], []
+        for views, conds in s.view_anagrams:
+            vs = [get_view(v) for v in views]
+            key = "_".join(v.name for v in vs)
+            res = T.visual_anagram(den, list(conds), vs, num_samples=1, timesteps=ts, guidance_scale=s.guidance,
+                                   generator=gen(f"A1.8/{key}"))
+            img = res.image.clamp(-1, 1)
+            rows.append([png(f"anagram_{key}_{k}", v.view(img), label=f"{v.name}: {_cond_text(c)}")
+                         for k, (v, c) in enumerate(zip(vs, conds))])
+            heads.append(" + ".join(v.name for v in vs[1:]))
+        figs.append(Figure(sec("A1.8"), title("A1.8", "Every view"),
+                           "One anagram per view (rows), each shown through every one of its views: the same "
+                           "sample reads as the first condition as it is and as the others through their views. "
+                           f"eps = mean_i inverse_i(eps(view_i(x_t), cond_i)) with {g_txt}, {steps_txt}; one "
+                           "sample each, " + seed_txt + ". Every view is an exact pixel permutation (negate: a "
+                           "sign flip), so pure noise stays pure noise in every view: rotations, negation (the "
+                           "digit's ink and the background trade places), a skew (column j rolled by "
+                           "int(1.5 (j - H/2)) rows), a 4x4 grid of 7-px patches shuffled (the reference's 8x8 "
+                           "grid does not divide 28 px), every pixel shuffled, a 4x4 jigsaw whose pieces keep "
+                           "their class (corner, edge, interior) and turn with their knobs, the inner disc turned "
+                           "180 degrees, and a 3x3 square hinge (sub-squares of 9 px turned a quarter in place, "
+                           "the last row and column stay).", rows, row_headers=heads))
+
     def hybrid_fig():
         res = T.hybrid(den, s.hybrid_conds[0], s.hybrid_conds[1], 33, 2.0, num_samples=s.n_illusions, timesteps=ts,
                        guidance_scale=s.guidance, generator=gen("A1.9"))
@@ -291,7 +322,8 @@ def render_parta(s: PartASetup, out_dir, seed: int = 0, progress: bool = True) -
 
     steps: List[Tuple[str, Callable]] = [
         ("A1.1-A1.3", forward_figs), ("A1.4", iterative_fig), ("A1.5-A1.6", sampling_figs), ("A1.7", sdedit_figs),
-        ("A1.7.2", inpaint_fig), ("A1.7.3", img2img_fig), ("A1.8", anagram_figs), ("A1.9", hybrid_fig)]
+        ("A1.7.2", inpaint_fig), ("A1.7.3", img2img_fig), ("A1.8", anagram_figs),
+        ("A1.8 views", view_gallery_fig), ("A1.9", hybrid_fig)]
     bar = tqdm(steps, desc=f"Part A ({s.key})", disable=not progress, dynamic_ncols=True)
     for desc, fn in bar:
         bar.set_postfix_str(desc)
@@ -307,16 +339,27 @@ def _first_of(labels: torch.Tensor, digit: int) -> int:
     return int(idx[0])
 
 
+#: The "every view" figure on MNIST: each view that is not in the A1.8 flip figure, as a
+#: 2-view anagram of 1 and 7, and the rotations as a 3- and a 4-view anagram. 28 px is not
+#: divisible into the reference's 8x8 patches: a 4x4 grid of 7-px patches instead.
+MNIST_VIEW_ANAGRAMS = [
+    *[(("identity", v), (1, 7)) for v in ("negate", "skew", get_view("patch_permute", num_patches=4),
+                                            "pixel_permute", "jigsaw", "inner_circle", "square_hinge")],
+    (("identity", "rotate_cw", "rotate_ccw"), (1, 7, 4)),
+    (("identity", "rotate_cw", "rotate_180", "rotate_ccw"), (1, 7, 4, 6)),
+]
+
+
 def mnist_setup(name: str = "ddpm_class", quick: bool = False, data_dir=None, device="cpu") -> PartASetup:
     """The Part-A setup on a shipped class-conditional MNIST DDPM: labels are the prompts, g = 5."""
-    from ..mnist.data import mnist_tensors
+    from ..mnist.shipped_digits import test_digits
     from ..pipelines.denoisers import MNISTDenoiser
 
     den = MNISTDenoiser.from_pretrained(name, device=device)
     if den.conditioning != "class":
         raise ValueError(f"Part A on MNIST needs a class-conditional DDPM, {name!r} is {den.conditioning}-conditioned")
     b = Budget.for_mode(quick)
-    xt, yt = mnist_tensors("test", root=data_dir)
+    xt, yt = test_digits(data_dir)  # shipped with the package unless a folder is given
     picks = [_first_of(yt, d) for d in (7, 2, 3)]  # a 3 is the img2img source (a 3 pushed toward 8)
     images = xt[picks] * 2 - 1
     labels = [int(yt[i]) for i in picks]
@@ -334,7 +377,7 @@ def mnist_setup(name: str = "ddpm_class", quick: bool = False, data_dir=None, de
                    "denoised toward class 2.",
         img2img_source=2, img2img_cond=8, img2img_desc=f"Test digit {labels[2]} pushed toward an 8",
         anagram_conds=(1, 7), anagram_desc=("1", "7"), hybrid_conds=(0, 1), hybrid_desc=("0", "1"),
-        timesteps=ts, n_samples=b.parta_samples, n_illusions=4 if not quick else 2)
+        view_anagrams=MNIST_VIEW_ANAGRAMS, timesteps=ts, n_samples=b.parta_samples, n_illusions=4 if not quick else 2)
 
 
 def write_parta_mnist_figures(out_dir, seed: int = 0, quick: bool = False, data_dir=None, progress: bool = True,
