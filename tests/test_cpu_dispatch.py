@@ -139,7 +139,7 @@ def _objects(pattern):
 def _vex_instructions(obj, section=None) -> list:
     """Disassembled instructions of ``obj`` (one section, or all) that are VEX / EVEX encoded: in
     64-bit mode a first byte c4 / c5 (VEX) or 62 (EVEX), or an AVX mnemonic / ymm / zmm register."""
-    cmd = ["objdump", "-d", "--no-show-raw-insn" if False else "-w", obj]
+    cmd = ["objdump", "-d", "-w", obj]
     if section:
         cmd[2:2] = ["-j", section]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
