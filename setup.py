@@ -6,14 +6,27 @@ kernels where PyTorch was built with CUDA and a CUDA toolkit is found (CUDA_HOME
 
 * ``DIFFACCEL_SKIP_CPP=1``    — no C++ at all: a pure-Python install (the reference backend).
 * ``DIFFACCEL_BUILD_CUDA=0|1`` — skip / force the CUDA kernels (default: auto-detect).
-* ``DIFFACCEL_CPU_ISA=auto|avx2|generic`` — instruction set of the CPU kernels. ``auto``
-  (default) uses AVX2+FMA+F16C when the build machine has them, like a ``-march=native`` build;
-  ``generic`` is portable to any x86-64 / aarch64 machine.
+* ``DIFFACCEL_CPU_ISA=auto|avx512|avx2|generic`` — the highest instruction-set level of the CPU
+  kernels built (see "CPU dispatch" below). ``auto`` (default): every level of the platform
+  (x86-64: generic, avx2, avx512; elsewhere generic only), whatever CPU the build machine has.
 * ``DIFFACCEL_DEBUG=1``       — keep debug info (``-g``); release builds have none (``-g0``).
 * ``DIFFACCEL_ALLOW_ISOLATED_BUILD=1`` — build against a torch that is not the environment's own
   (see :func:`isolated_torch_message`), e.g. a deliberate ``python -m build`` for one torch pin.
 * ``TORCH_CUDA_ARCH_LIST``    — CUDA architectures (default :data:`CUDA_ARCH_LIST`).
 * ``MAX_JOBS`` — parallel compile jobs (torch's ninja builder).
+
+CPU dispatch (as ATen's ``CPU_CAPABILITY`` / ``DispatchStub``): every kernel source of
+``csrc/cpu`` is compiled once per level — generic (no ISA flags; the only level off x86-64), AVX2
+and AVX-512, flags in :data:`CPU_LEVEL_FLAGS` — with ``-DCPU_CAPABILITY=<LEVEL>`` putting its code in
+namespace ``diffaccel::cpu::<LEVEL>``; ``csrc/cpu/dispatch.cpp`` and the schemas, the only code
+run at load, get no ISA flags and pick one level's function table at load by CPU feature
+detection (``DIFFACCEL_CPU_CAPABILITY=generic|avx2|avx512`` at run time forces one;
+``torch.ops.diffaccel.cpu_capability()`` reports it). setuptools has one set of compile flags per
+extension, so: the same source compiled twice needs two object paths, which tiny generated
+wrappers give (``build/cpu_capability/<level>/<name>.cpp``, one ``#include`` of the kernel
+source), and :class:`BuildExt` compiles the sources in groups, one per level, each with that
+level's flags added (the generic group first, so the linker keeps the generic copy of any inline
+function that several levels emit).
 
 The extension is only loaded for its operator registrations (``torch.ops.diffaccel.*``); its
 Python module is an empty stub using the limited C API only, so the wheel is tagged
@@ -66,19 +79,50 @@ def _cpu_flags() -> set:
     return set()
 
 
-def _isa_args():
-    """(isa name, compile args) for the CPU kernels; see DIFFACCEL_CPU_ISA above."""
+#: Compile flags of the CPU kernels per ISA level (ATen's own for these levels).
+CPU_LEVEL_FLAGS = {
+    "generic": ["-DCPU_CAPABILITY=DEFAULT"],
+    "avx2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+    "avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
+               "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
+}
+_CPU_LEVELS = ("generic", "avx2", "avx512")
+#: Where the per-level wrapper sources are generated (relative to the source tree).
+CPU_WRAPPER_DIR = os.path.join("build", "cpu_capability")
+
+
+def _cpu_levels() -> list:
+    """The ISA levels to build, lowest first; see DIFFACCEL_CPU_ISA above."""
     isa = os.environ.get("DIFFACCEL_CPU_ISA", "auto").strip().lower()
-    if isa not in ("auto", "avx2", "generic"):
-        sys.exit(f"setup.py: DIFFACCEL_CPU_ISA must be auto, avx2 or generic, got {isa!r}")
+    if isa not in ("auto",) + _CPU_LEVELS:
+        sys.exit(f"setup.py: DIFFACCEL_CPU_ISA must be auto, avx512, avx2 or generic, got {isa!r}")
     x86 = platform.machine().lower() in ("x86_64", "amd64")
     if isa == "auto":
-        isa = "avx2" if x86 and {"avx2", "fma", "f16c"} <= _cpu_flags() else "generic"
-    if isa == "avx2":
-        # ATen's Vectorized<float> picks its AVX2 implementation (in namespace at::vec::AVX2, so
-        # it cannot clash with libtorch's own copies) from CPU_CAPABILITY, as ATen's kernels do.
-        return isa, ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
-    return isa, []
+        isa = "avx512" if x86 else "generic"
+    if isa != "generic" and not x86:
+        sys.exit(f"setup.py: DIFFACCEL_CPU_ISA={isa} needs an x86-64 build machine, this is {platform.machine()}")
+    return list(_CPU_LEVELS[:_CPU_LEVELS.index(isa) + 1])
+
+
+def cpu_level_sources(levels, kernel_sources) -> dict:
+    """{level: sources} of the CPU kernels: the sources themselves for generic, generated wrappers
+    (one ``#include`` each, written here when missing or stale) for the other levels."""
+    out = {"generic": list(kernel_sources)}
+    for level in levels[1:]:
+        d = os.path.join(CPU_WRAPPER_DIR, level)
+        os.makedirs(os.path.join(ROOT, d), exist_ok=True)
+        out[level] = []
+        for src in kernel_sources:
+            wrapper = os.path.join(d, os.path.basename(src))
+            rel = os.path.relpath(os.path.join(ROOT, src), os.path.join(ROOT, d)).replace(os.sep, "/")
+            text = (f"// Generated by setup.py: {src} for the {level} level (flags: setup.CPU_LEVEL_FLAGS).\n"
+                    f'#include "{rel}"\n')
+            path = os.path.join(ROOT, wrapper)
+            if not os.path.exists(path) or open(path).read() != text:
+                with open(path, "w") as f:
+                    f.write(text)
+            out[level].append(wrapper)
+    return out
 
 
 # ----------------------------------------------------------------------------- build isolation
@@ -201,14 +245,18 @@ def _extensions():
     _check_not_isolated(torch)
     from torch.utils import cpp_extension
 
-    isa, isa_args = _isa_args()
+    levels = _cpu_levels()
+    isa = levels[-1]
     debug = bool(_env_flag("DIFFACCEL_DEBUG"))
-    sources = ["csrc/diffaccel.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
+    kernel_sources = [p for p in sorted(glob.glob("csrc/cpu/*.cpp")) if os.path.basename(p) != "dispatch.cpp"]
+    level_sources = cpu_level_sources(levels, kernel_sources)
+    sources = ["csrc/diffaccel.cpp", "csrc/cpu/dispatch.cpp", *(p for lv in levels for p in level_sources[lv])]
     # -g / -g0 last: Python's own CFLAGS (sysconfig) often carry -g, which would put ~11 MB of
     # debug info into the library.
     g = ["-g"] if debug else ["-g0"]
     cxx = ["-O3", "-fopenmp", "-Wno-unknown-pragmas", "-DDIFFACCEL_PYTHON_MODULE",
-           f'-DDIFFACCEL_CPU_ISA="{isa}"', *isa_args, *g]
+           f'-DDIFFACCEL_CPU_ISA="{isa}"',
+           *(f"-DDIFFACCEL_CPU_HAVE_{lv.upper()}" for lv in levels[1:]), *g]
     # at::parallel_for is inlined from ATen's OpenMP headers: without -fopenmp it runs serially.
     # libgomp resolves to the copy torch has already loaded (same soname).
     link = ["-fopenmp"] + ([] if debug else ["-s"])
@@ -234,8 +282,40 @@ def _extensions():
         ext = cpp_extension.CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **kwargs)
     info = build_info_source(torch.__version__, torch.version.cuda, isa, build_cuda, debug)
 
+    # Source -> its ISA level (see "CPU dispatch" above).
+    level_of = {os.path.abspath(p): lv for lv in levels for p in level_sources[lv]}
+
     class BuildExt(cpp_extension.BuildExtension):
-        """torch's builder, plus ``_build_info.py`` written next to the library it builds."""
+        """torch's builder, compiling the CPU kernels once per ISA level, plus ``_build_info.py``
+        written next to the library it builds."""
+
+        def build_extension(self, ext):
+            compile_all = self.compiler.compile  # torch's (ninja) compile, set by build_extensions
+
+            def compile_by_level(sources, output_dir=None, *args, extra_postargs=None, **kwargs):
+                # One compile (one ninja file, in its own directory) per level, each with the
+                # level's flags; the other sources first, so their objects come first in the link.
+                # (distutils sorts the sources by path, which would put build/cpu_capability first).
+                groups = {}
+                for src in sources:
+                    groups.setdefault(level_of.get(os.path.abspath(src)), []).append(src)
+                objects = []
+                for level in sorted(groups, key=[None, *levels].index):
+                    group = groups[level]
+                    post, out = extra_postargs, output_dir
+                    if level is not None:
+                        flags = CPU_LEVEL_FLAGS[level]
+                        post = ({**post, "cxx": [*post["cxx"], *flags]} if isinstance(post, dict)
+                                else [*(post or []), *flags])
+                        out = os.path.join(output_dir or ".", f"cpu_{level}")
+                    objects += compile_all(group, out, *args, extra_postargs=post, **kwargs)
+                return objects
+
+            self.compiler.compile = compile_by_level
+            try:
+                super().build_extension(ext)
+            finally:
+                self.compiler.compile = compile_all
 
         def run(self):
             super().run()
@@ -248,7 +328,7 @@ def _extensions():
                     f.write(info)
 
     archs = f", CUDA architectures {os.environ['TORCH_CUDA_ARCH_LIST']}" if build_cuda else ""
-    print(f"setup.py: building diffaccel._C against torch {torch.__version__} (CPU kernels for {isa}; "
+    print(f"setup.py: building diffaccel._C against torch {torch.__version__} (CPU kernels for {', '.join(levels)}; "
           f"CUDA kernels: {'yes' if build_cuda else 'no'}{archs}; {'debug info' if debug else 'no debug info'})")
     options = {"bdist_wheel": {"py_limited_api": LIMITED_API_TAG}}
     return [ext], {"build_ext": BuildExt}, options

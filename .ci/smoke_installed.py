@@ -21,7 +21,8 @@ assert "site-packages" in where, f"diffaccel imported from {where}, not from an 
 print("diffaccel", diffaccel.__version__, "from", os.path.dirname(where), "| torch", torch.__version__)
 from diffaccel import _build_info  # written by setup.py next to the library
 
-print("built against torch", _build_info.TORCH_VERSION, "| CPU ISA", _build_info.CPU_ISA,
+print("built against torch", _build_info.TORCH_VERSION, "| CPU levels up to", _build_info.CPU_ISA,
+      "| CPU level in use", diffaccel.cpu_capability(),
       "| CUDA kernels", _build_info.CUDA_KERNELS, "| debug info", _build_info.DEBUG)
 backends = diffaccel.available_backends()
 assert "cpp" in backends, f"available_backends() = {backends}: the C++ extension did not load"

@@ -5,6 +5,7 @@
     python benchmarks/run.py --quick               # 1M elements, fewer repeats, a smoke test
     python benchmarks/run.py --device cuda --json bench-h100.json
     python benchmarks/run.py --ops ddpm_step gaussian_blur_8x3x256 --backends cpp
+    python benchmarks/run.py --cpu-capability avx2 avx512 --backends cpp   # the C++ CPU kernels' ISA levels side by side
 
 For each op it times, side by side:
 
@@ -372,6 +373,56 @@ def markdown(rows: List[Dict[str, object]], info: Dict[str, object]) -> str:
     return head + "\n".join(lines) + notes
 
 
+def _without_options(argv: List[str], names) -> List[str]:
+    """argv without the options ``names`` and their values."""
+    out, skip = [], False
+    for a in argv:
+        if a.split("=", 1)[0] in names:
+            skip = "=" not in a
+            continue
+        if skip and not a.startswith("--"):
+            continue
+        skip = False
+        out.append(a)
+    return out
+
+
+def run_levels(args, argv: List[str]) -> int:
+    """``--cpu-capability``: this benchmark once per ISA level, in a fresh process each, merged."""
+    import subprocess
+    import tempfile
+
+    child_argv = _without_options(argv, ("--cpu-capability", "--json"))
+    rows, info = [], None
+    with tempfile.TemporaryDirectory() as tmp:
+        for level in args.cpu_capability:
+            out = Path(tmp) / f"{level}.json"
+            env = {**os.environ, "DIFFACCEL_CPU_CAPABILITY": level}
+            subprocess.run([sys.executable, __file__, *child_argv, "--json", str(out)], env=env, check=True,
+                           stdout=subprocess.DEVNULL)
+            res = json.loads(out.read_text())
+            got = res["machine"].get("cpu_capability")
+            if got != level:
+                raise SystemExit(f"--cpu-capability {level}: the C++ kernels ran at level {got} "
+                                 "(not built, or this CPU lacks it)")
+            for r in res["rows"]:
+                r["cpu_capability"] = level
+                if r["backend"] == "cpp":
+                    r["backend"] = f"cpp [{level}]"
+            rows.append(res["rows"])
+            info = res["machine"]
+    # op by op, the levels next to each other (the reference rows of each level are kept: they
+    # show how much the machine's load moved between the runs)
+    merged = [r for i in range(max(map(len, rows))) for level_rows in rows if i < len(level_rows)
+              for r in [level_rows[i]]]
+    info["cpu_capability"] = "+".join(args.cpu_capability)
+    print(markdown(merged, info))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": info, "levels": args.cpu_capability, "rows": merged}, indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -389,7 +440,13 @@ def main(argv=None) -> int:
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile of the reference")
     p.add_argument("--quick", action="store_true", help="1M elements (unless --numel), few repeats")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
+    p.add_argument("--cpu-capability", nargs="+", choices=["generic", "avx2", "avx512"], default=None,
+                   help="time the C++ CPU kernels under each of these ISA levels (one fresh process per level, "
+                        "DIFFACCEL_CPU_CAPABILITY set, since the level is chosen when the extension loads); "
+                        "rows side by side, the backend column naming the level")
     args = p.parse_args(argv)
+    if args.cpu_capability:
+        return run_levels(args, list(sys.argv[1:] if argv is None else argv))
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -411,6 +468,7 @@ def main(argv=None) -> int:
     timer = Timer(device, args.quick, args.stat)
     info = machine_info(device, args.threads)
     info["stat"] = args.stat
+    info["cpu_capability"] = diffaccel.cpu_capability()  # the C++ CPU kernels' ISA level
     if hasattr(os, "getloadavg"):
         info["loadavg_1min"] = os.getloadavg()[0]  # > threads: the machine was shared, numbers are noisy
     print(f"{info['cpu'] if device.type == 'cpu' else info['gpu']}: backends {backends}; "

@@ -6,12 +6,21 @@
 // `alphas_cumprod` float32 and t / t_prev int64 [N] (diffaccel.functional normalises them);
 // every kernel re-checks what it relies on. Math is float32 whatever the storage dtype.
 //
-// Kernels: csrc/cpu/*.cpp (TORCH_LIBRARY_IMPL(diffaccel, CPU)), csrc/cuda/register.cpp
+// Kernels: csrc/cpu/*.cpp, once per ISA level, registered by csrc/cpu/dispatch.cpp (TORCH_LIBRARY_IMPL(diffaccel, CPU)); csrc/cuda/register.cpp
 // (TORCH_LIBRARY_IMPL(diffaccel, CUDA)) over the plain-pointer launchers of csrc/cuda/*.cu.
 // Semantics: diffaccel/reference.py.
 #include <torch/library.h>
 
+#include <string>
+
+namespace diffaccel::cpu {
+std::string cpu_capability();  // csrc/cpu/dispatch.cpp
+}
+
 TORCH_LIBRARY(diffaccel, m) {
+  // The instruction-set level of the CPU kernels in use: "generic", "avx2" or "avx512", chosen
+  // at load (csrc/cpu/dispatch.cpp; DIFFACCEL_CPU_CAPABILITY forces one).
+  m.def("cpu_capability() -> str", &diffaccel::cpu::cpu_capability);
   // SPEC A1.1 / B2.2: out = sqrt(abar[t]) x0 + sqrt(1 - abar[t]) noise
   m.def("add_noise(Tensor x0, Tensor noise, Tensor alphas_cumprod, Tensor t, Tensor(a!) out) -> ()");
   // SPEC A1.3: out = (x_t - sqrt(1 - abar[t]) eps) / sqrt(abar[t])
@@ -63,7 +72,8 @@ TORCH_LIBRARY(diffaccel, m) {
 
 #ifdef DIFFACCEL_PYTHON_MODULE
 // `import diffaccel._C` loads this library (and so runs the registrations above); the module
-// itself is empty except for `cpu_isa`, the instruction set the CPU kernels were built for.
+// itself is empty except for `cpu_isa`, the highest instruction-set level of the CPU kernels built
+// (the one in use is torch.ops.diffaccel.cpu_capability()).
 // No pybind11: the ops are reached through torch.ops.diffaccel.
 #include <Python.h>
 

@@ -34,6 +34,23 @@ def cpp_ops():
     return _cpp
 
 
+def cpu_capability():
+    """The instruction-set level of the C++ CPU kernels in use: ``"generic"``, ``"avx2"`` or
+    ``"avx512"``, or None without the C++ extension.
+
+    The extension holds the kernels once per level and picks the highest one the CPU has when it
+    loads; the environment variable ``DIFFACCEL_CPU_CAPABILITY=generic|avx2|avx512``, read at that
+    moment, forces a level (one the CPU lacks is refused with a warning, and the highest available
+    level below it is used), as ``ATEN_CPU_CAPABILITY`` does for PyTorch's own kernels.
+    """
+    if cpp_ops() is None:
+        return None
+    try:
+        return torch.ops.diffaccel.cpu_capability()
+    except (AttributeError, RuntimeError):  # built before runtime dispatch existed
+        return None
+
+
 def triton_ops():
     """The Triton backend object, or None if Triton is not installed / unusable."""
     global _triton

@@ -56,12 +56,16 @@ _SOLVER_OPS = ("dpmpp_2m_step", "unipc_step", "heun_step")
 
 
 def _check_cpu_isa() -> None:
-    """Refuse (ImportError, so the reference is used) an AVX2 build on a CPU without AVX2."""
-    if getattr(_C, "cpu_isa", "generic") == "avx2" and torch.backends.cpu.get_cpu_capability() not in (
-            "AVX2", "AVX512"):
+    """Refuse (ImportError, so the reference is used) a single-level AVX2 build, from before the
+    kernels were dispatched at run time (no ``cpu_capability`` op), on a CPU without AVX2."""
+    if getattr(_C, "cpu_isa", "generic") != "avx2" or torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        return
+    try:
+        torch.ops.diffaccel.cpu_capability  # noqa: B018  (runtime dispatch: every level is safe)
+    except (AttributeError, RuntimeError):
         raise ImportError(
-            "diffaccel._C was built for AVX2 but this CPU lacks it; rebuild with "
-            "DIFFACCEL_CPU_ISA=generic pip install --no-build-isolation -e .")
+            "diffaccel._C was built for AVX2 only but this CPU lacks it; rebuild it with "
+            "`pip install --no-build-isolation -e .`") from None
 
 
 _check_cpu_isa()

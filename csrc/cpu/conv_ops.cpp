@@ -13,14 +13,15 @@
 // 1e-6 relative for these transforms' points 0, +-1, +-2, +-1/2).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #include <array>
 #include <optional>
 
+#include "kernels.h"
 #include "vec_utils.h"
 
 namespace diffaccel::cpu {
+inline namespace CPU_CAPABILITY {
 namespace {
 
 constexpr int64_t kTile = 4;             // output tile side
@@ -194,9 +195,12 @@ at::Tensor conv3x3_winograd(const at::Tensor& x, const at::Tensor& u, const std:
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(diffaccel, CPU, m) {
-  m.impl("winograd_weight", &winograd_weight);
-  m.impl("conv3x3_winograd", &conv3x3_winograd);
+// This level's entry points, for the table of csrc/cpu/dispatch.cpp (called there only when the
+// CPU has this level).
+void fill_conv_kernels(CpuKernels& k) {
+  k.winograd_weight = &winograd_weight;
+  k.conv3x3_winograd = &conv3x3_winograd;
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace diffaccel::cpu

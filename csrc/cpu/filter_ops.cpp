@@ -16,16 +16,17 @@
 // large image), the two passes run over (plane, row) in parallel through a float32 temporary.
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
-#include <torch/library.h>
 
 #include <optional>
 #include <vector>
 
 #include "../checks.h"
 #include "../schedule.h"
+#include "kernels.h"
 #include "vec_utils.h"
 
 namespace diffaccel::cpu {
+inline namespace CPU_CAPABILITY {
 namespace {
 
 // Reflect an index into [0, n) without repeating the edge (numpy/torch "reflect"); needs
@@ -158,6 +159,11 @@ void gaussian_filter(const std::optional<at::Tensor>& low, const std::optional<a
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(diffaccel, CPU, m) { m.impl("gaussian_filter", &gaussian_filter); }
+// This level's entry points, for the table of csrc/cpu/dispatch.cpp (called there only when the
+// CPU has this level).
+void fill_filter_kernels(CpuKernels& k) {
+  k.gaussian_filter = &gaussian_filter;
+}
 
+}  // namespace CPU_CAPABILITY
 }  // namespace diffaccel::cpu

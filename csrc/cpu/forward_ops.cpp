@@ -3,15 +3,16 @@
 // coefficients are computed once per sample; the flat index range is split over threads
 // in (sample, chunk) pieces so a batch of one uses every thread.
 #include <ATen/Dispatch.h>
-#include <torch/library.h>
 
 #include <vector>
 
 #include "../checks.h"
 #include "../schedule.h"
+#include "kernels.h"
 #include "vec_utils.h"
 
 namespace diffaccel::cpu {
+inline namespace CPU_CAPABILITY {
 namespace {
 
 // (sqrt(abar_t), sqrt(1 - abar_t)) per sample.
@@ -117,10 +118,13 @@ void masked_project(const at::Tensor& x_t, const at::Tensor& x_orig, const at::T
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(diffaccel, CPU, m) {
-  m.impl("add_noise", &add_noise);
-  m.impl("predict_x0", &predict_x0);
-  m.impl("masked_project", &masked_project);
+// This level's entry points, for the table of csrc/cpu/dispatch.cpp (called there only when the
+// CPU has this level).
+void fill_forward_kernels(CpuKernels& k) {
+  k.add_noise = &add_noise;
+  k.predict_x0 = &predict_x0;
+  k.masked_project = &masked_project;
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace diffaccel::cpu

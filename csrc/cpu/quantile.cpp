@@ -14,6 +14,7 @@
 #include <vector>
 
 namespace diffaccel::cpu {
+inline namespace CPU_CAPABILITY {
 namespace {
 
 constexpr int64_t kSubsample = 4096;
@@ -189,4 +190,5 @@ float quantile(BlockFill fill, int64_t base, int64_t n, float divisor, double ra
   }
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace diffaccel::cpu

@@ -13,6 +13,7 @@
 #include "vec_utils.h"
 
 namespace diffaccel::cpu {
+inline namespace CPU_CAPABILITY {
 
 // Writes the values at flat positions [lo, lo + n) (n <= kBlock) to out[0, n): non-negative or NaN.
 using BlockFill = c10::function_ref<void(int64_t lo, int64_t n, float* out)>;
@@ -77,4 +78,5 @@ void for_each_thresholded_sample(int64_t batch, int64_t per_sample, const OnSamp
   }
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace diffaccel::cpu

@@ -7,7 +7,6 @@
 // solver_weights), and every result (the new sample, x0 for the history, the corrected sample)
 // is written from the same registers.
 #include <ATen/Dispatch.h>
-#include <torch/library.h>
 
 #include <cmath>
 #include <limits>
@@ -16,11 +15,13 @@
 
 #include "../checks.h"
 #include "../schedule.h"
-#include "../solver_step.h"
+#include "../params.h"
 #include "quantile.h"
+#include "kernels.h"
 #include "vec_utils.h"
 
 namespace diffaccel::cpu {
+inline namespace CPU_CAPABILITY {
 namespace {
 
 using Mode = SolverStepParams::Mode;
@@ -146,10 +147,12 @@ void heun_step(const at::Tensor& x, const at::Tensor& v, const at::Tensor& v_nex
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(diffaccel, CPU, m) {
-  m.impl("dpmpp_2m_step", &dpmpp_2m_step_op<&run_solver>);
-  m.impl("unipc_step", &unipc_step_op<&run_solver>);
-  m.impl("heun_step", &heun_step);
+// This level's entry points, for the table of csrc/cpu/dispatch.cpp (called there only when the
+// CPU has this level).
+void fill_solver_kernels(CpuKernels& k) {
+  k.run_solver = &run_solver;
+  k.heun_step = &heun_step;
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace diffaccel::cpu

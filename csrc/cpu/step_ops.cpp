@@ -4,7 +4,6 @@
 // posterior mean and the noise term are fused into one pass over memory (two with dynamic
 // thresholding, which needs a per-sample quantile of |x0_hat| first: quantile.h).
 #include <ATen/Dispatch.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <type_traits>
@@ -18,9 +17,11 @@
 #include "../checks.h"
 #include "../schedule.h"
 #include "quantile.h"
+#include "kernels.h"
 #include "vec_utils.h"
 
 namespace diffaccel::cpu {
+inline namespace CPU_CAPABILITY {
 namespace {
 
 // Outputs of at least this many bytes are written with streaming stores (see stream_store).
@@ -263,10 +264,13 @@ void ddim_step(const at::Tensor& x_t, const at::Tensor& eps_u, const std::option
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(diffaccel, CPU, m) {
-  m.impl("cfg_combine", &cfg_combine);
-  m.impl("ddpm_step", &ddpm_step);
-  m.impl("ddim_step", &ddim_step);
+// This level's entry points, for the table of csrc/cpu/dispatch.cpp (called there only when the
+// CPU has this level).
+void fill_step_kernels(CpuKernels& k) {
+  k.cfg_combine = &cfg_combine;
+  k.ddpm_step = &ddpm_step;
+  k.ddim_step = &ddim_step;
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace diffaccel::cpu

@@ -16,7 +16,15 @@
 #include <type_traits>
 #include <utility>
 
+// Every CPU kernel source is compiled once per ISA level with -DCPU_CAPABILITY=DEFAULT|AVX2|AVX512
+// (setup.py, CMakeLists.txt), like ATen's kernels: its code lives in diffaccel::cpu::<level> so
+// the copies do not collide, and csrc/cpu/dispatch.cpp picks one level's kernels at load.
+#ifndef CPU_CAPABILITY
+#error "compile csrc/cpu kernels with -DCPU_CAPABILITY=DEFAULT, AVX2 or AVX512 (see setup.py)"
+#endif
+
 namespace diffaccel::cpu {
+inline namespace CPU_CAPABILITY {
 
 using fVec = at::vec::Vectorized<float>;
 
@@ -70,7 +78,12 @@ inline const float* load_block(const scalar_t* src, float* buf, int64_t n) {
 // displacing cached data. For outputs far larger than the caches that nothing reads soon.
 // Callers end their streaming with stream_fence() before other threads may read dst.
 inline void stream_store(float* dst, const float* src, int64_t n) {
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX512)
+  int64_t i = 0;
+  for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 63) != 0; ++i) dst[i] = src[i];
+  for (; i + 16 <= n; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
+  for (; i < n; ++i) dst[i] = src[i];
+#elif defined(CPU_CAPABILITY_AVX2)
   int64_t i = 0;
   for (; i < n && (reinterpret_cast<uintptr_t>(dst + i) & 31) != 0; ++i) dst[i] = src[i];
   for (; i + 8 <= n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
@@ -81,7 +94,7 @@ inline void stream_store(float* dst, const float* src, int64_t n) {
 }
 
 inline void stream_fence() {
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
   _mm_sfence();
 #endif
 }
@@ -181,4 +194,5 @@ inline void for_each_segment(int64_t begin, int64_t end, int64_t segment, const 
 #define DIFFACCEL_DISPATCH(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
+}  // namespace CPU_CAPABILITY
 }  // namespace diffaccel::cpu
