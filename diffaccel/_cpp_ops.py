@@ -11,12 +11,38 @@ have nothing to compute: ``torch.compile`` traces the ops through ``auto_functio
 """
 from __future__ import annotations
 
-import torch
-
 import importlib.util
+
+import torch
 
 if importlib.util.find_spec("diffaccel._C") is None:
     raise ImportError("diffaccel._C is not built; build it with `pip install --no-build-isolation -e .`")
+
+
+def build_mismatch(info, torch_version: str):
+    """Why the extension described by ``info`` (``diffaccel._build_info``, written by setup.py
+    next to the library) cannot serve the loaded torch, or None when it can.
+
+    C++ extensions have no stable ABI across torch releases: one built against another torch may
+    fail to load, or load and misbehave. The recorded version must equal the loaded one exactly
+    (local build tags such as ``+cpu`` / ``+cu130`` included). A build without the record (older
+    builds) is not refused here; loading it still fails cleanly on a missing symbol.
+    """
+    built = getattr(info, "TORCH_VERSION", None)
+    if info is None or built is None or built == torch_version:
+        return None
+    return (f"diffaccel._C was built against torch {built} but torch {torch_version} is loaded; "
+            "rebuild it against this torch: `pip install --no-build-isolation --force-reinstall --no-deps "
+            "diffaccel` (or `pip install --no-build-isolation -e .` in a checkout)")
+
+
+try:
+    from . import _build_info
+except ImportError:  # built before the record existed, or by CMake / build_ext without setup.py's command
+    _build_info = None
+_mismatch = build_mismatch(_build_info, torch.__version__)
+if _mismatch:
+    raise ImportError(_mismatch)
 try:
     from . import _C  # noqa: F401  (loading the library registers torch.ops.diffaccel.*)
 except ImportError as e:  # built, but not loadable here (ABI / torch version mismatch)
