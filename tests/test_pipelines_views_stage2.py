@@ -5,7 +5,7 @@ The reference runs the anagram's views in stage II too: every view sees the 6-ch
 channel rule (the sign on the noise estimate only), CFG is applied per view, and eps and the
 learned variance are averaged over the views. These tests transcribe that loop with one
 stage-II call per view and prompt and compare it with ``techniques.upsample_stage2(...,
-views=...)``; they are expected to fail until the stage-II loop takes views.
+views=...)``. Factorizations in stage II: the stage-I filters scaled by the upsampling factor.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from diffaccel.pipelines.loading import load_if_stage  # noqa: E402
 from diffaccel.pipelines.views import get_view  # noqa: E402
 from test_pipelines_if import SIZE, _embeds, den, gen, if_dirs  # noqa: E402,F401  (fixtures; tests/ is on sys.path)
 
-pending = pytest.mark.xfail(strict=False, reason="stage-II views wiring pending")
 NOISE_LEVEL = 250
 
 
@@ -64,7 +63,6 @@ def _reference_stage2(d2, low, conds, views, steps, g, guidance):
     return x
 
 
-@pending
 @pytest.mark.parametrize("views", [("identity", "flip"), ("identity", "negate"),
                                    ("identity", get_view("pixel_permute", base_size=SIZE // 2))])
 def test_stage2_anagram_is_the_per_view_combine(den2, views):
@@ -79,7 +77,6 @@ def test_stage2_anagram_is_the_per_view_combine(den2, views):
     torch.testing.assert_close(got.image, expect, atol=1e-4, rtol=1e-4)
 
 
-@pending
 def test_stage2_single_view_is_plain_stage2(den2):
     """Where the identity holds exactly: an anagram whose views are all the identity with one prompt is
     plain stage II (every view's estimate is the same)."""
@@ -91,7 +88,6 @@ def test_stage2_single_view_is_plain_stage2(den2):
     torch.testing.assert_close(both.image, plain.image, atol=1e-5, rtol=1e-5)
 
 
-@pending
 def test_stage1_anagram_keeps_the_variance_sign(den):  # noqa: F811
     """Stage I with negate: the learned variance is averaged with the spatial inverse only (the
     reference's channel rule), not negated."""
