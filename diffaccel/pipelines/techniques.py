@@ -532,8 +532,8 @@ def upsample_stage2(denoiser, images: torch.Tensor, cond=None, num_inference_ste
     elif factorization is not None:
         factor = h // images.shape[-2]
         if factor < 1 or h % images.shape[-2]:
-            raise ArgumentError(f"factorization: the stage-II size {h} must be a multiple of the images' {images.shape[-2]} "
-                                "(the filters scale by the upsampling factor)")
+            raise ArgumentError(f"factorization: the stage-II size {h} must be a multiple of the images' "
+                                f"{images.shape[-2]} (the filters scale by the upsampling factor)")
         fac = get_factorization(factorization).scaled(factor)
         _check_components(fac, cond)
     low = images.to(device=denoiser.device, dtype=torch.float32)
