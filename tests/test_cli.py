@@ -327,6 +327,17 @@ def test_part_a_on_if(if_model, tmp_path, monkeypatch, capsys):
         if_model / "photo.png", "--num-steps", "2", "--prompt", "a dog", "--no-progress", "--out", tmp_path / "up")
     assert png(tmp_path / "up" / "upsampled.png").size == (16 * 8, 16 * 8)
     assert png(tmp_path / "up" / "low_res.png").size == (4 * 32, 4 * 32)
+    up = ["upsample", "--model", if_model / "stage2", "--embeds", if_model / "embeds.pth", "--image",
+          if_model / "photo.png", "--num-steps", "2", "--no-progress"]
+    run(*up, "--prompts", "a dog", "a man", "--views", "identity", "flip", "--out", tmp_path / "up2")
+    assert png(tmp_path / "up2" / "upsampled_view1_flip.png").size == (16 * 8, 16 * 8)
+    run(*up, "--prompts", "a dog", "a man", "--factorization", "high_low", "--kernel-size", "1", "--sigma", "0.25",
+        "--out", tmp_path / "up3")  # scaled by 4 to kernel 5, sigma 1 at 16 px
+    png(tmp_path / "up3" / "upsampled.png")
+    assert "pair up" in error_of(capsys, *up, "--prompts", "a dog", "--views", "identity", "flip",
+                                 "--out", tmp_path / "x")
+    assert "too large" in error_of(capsys, *up, "--prompts", "a dog", "a man", "--factorization", "high_low",
+                                   "--out", tmp_path / "x")  # 33 -> 133 px on a 16-px stage II
 
     assert "--embeds FILE is required" in error_of(capsys, "sample", "--model", if_model / "stage1", "--out", tmp_path)
     err = error_of(capsys, "cfg", *m, *STEPS, "--prompt", "a cat", "--out", tmp_path / "x")

@@ -438,20 +438,50 @@ def _cmd_hybrid(args):
 
 
 # ----------------------------------------------------------------------------- A0 stage II
+def _stage2_illusion(args) -> dict:
+    """``upsample``'s ``views=`` / ``factorization=`` (with ``cond`` the --prompts), or ``{}``."""
+    from ..pipelines.factorizations import HighLow, get_factorization
+    from ..pipelines.views import get_view
+
+    if args.views and args.factorization:
+        raise CLIError("give --views (an anagram) or --factorization, not both")
+    if not (args.views or args.factorization):
+        if args.prompts:
+            raise CLIError("--prompts is for --views / --factorization; give one --prompt otherwise")
+        return {}
+    if args.prompt is not None or not args.prompts:
+        raise CLIError("with --views / --factorization give --prompts (one per view / component), not --prompt")
+    if args.views:
+        if len(args.views) != len(args.prompts):
+            raise CLIError(f"--views and --prompts must pair up: {len(args.views)} views but "
+                           f"{len(args.prompts)} prompts")
+        return {"views": [get_view(v) for v in args.views], "cond": list(args.prompts)}
+    fac = (HighLow(args.kernel_size, args.sigma) if args.factorization in ("high_low", "hybrid")
+           else get_factorization(args.factorization))
+    if len(args.prompts) != fac.num_components:
+        raise CLIError(f"--prompts: the {fac.name} factorization needs {fac.num_components} prompts, "
+                       f"got {len(args.prompts)}")
+    return {"factorization": fac, "cond": list(args.prompts)}
+
+
 def _cmd_upsample(args):
     from ..pipelines import techniques as T
 
+    illusion = _stage2_illusion(args)
     den = _load_denoiser(args, stage=2)
     out = out_dir(args.out)
     _, h, w = den.sample_shape
     low = _load_image(den, args.image, args.no_resize, size=(h // args.factor, w // args.factor))
     rec = _recorder(den, args)
-    res = T.upsample_stage2(den, low, args.prompt, num_inference_steps=args.num_steps, noise_level=args.noise_level,
-                            **sampler_kwargs(args, T.upsample_stage2),
+    kw = {"cond": args.prompt, **illusion}
+    res = T.upsample_stage2(den, low, num_inference_steps=args.num_steps, noise_level=args.noise_level,
+                            **sampler_kwargs(args, T.upsample_stage2), **kw,
                             guidance_scale=args.guidance_scale, generator=_generator(args), callback=rec,
                             progress=_progress(args))
     write_png(low[0], out / "low_res.png")
     write_png(res.image[0], out / "upsampled.png")
+    for k, v in enumerate(illusion.get("views", [])):
+        write_png(v.view(res.image[:1]), out / f"upsampled_view{k}_{v.name}.png")
     _finish_gif(rec, args)
 
 
@@ -564,6 +594,15 @@ def add_technique_parsers(sub) -> None:
                 "--model is the stage-II model (e.g. DeepFloyd/IF-II-L-v1.0); --image is a stage-I output.",
                 parents=[common, image])
     p.add_argument("--prompt", default=None, help="prompt (default: 'a high quality photo')")
+    p.add_argument("--prompts", nargs="+", default=None,
+                   help="with --views / --factorization: the stage-I illusion's prompts, one per view / component")
+    p.add_argument("--views", nargs="+", default=None, choices=list_views(), metavar="VIEW",
+                   help="upsample an anagram: its views, one per --prompts entry (stage II runs them too)")
+    p.add_argument("--factorization", default=None, choices=sorted(FACTORIZATIONS),
+                   help="upsample a hybrid / factorized image: its factorization at stage-I settings "
+                        "(filters scale by --factor)")
+    p.add_argument("--kernel-size", type=int, default=33, help="high_low: the stage-I Gaussian kernel")
+    p.add_argument("--sigma", type=finite_float, default=2.0, help="high_low: the stage-I Gaussian sigma")
     p.add_argument("--num-steps", type=positive_int("--num-steps"), default=50, help="stage-II sampling steps")
     p.add_argument("--noise-level", type=int, default=250, help="noise added to the upscaled low-res image")
     p.add_argument("--guidance-scale", type=finite_float, default=4.0, help="CFG scale (IF stage II's default)")

@@ -8,6 +8,12 @@ combine; since ``combine([e, ..., e]) == e`` and it is linear, CFG commutes with
 unconditional pass.
 
 The Gaussian filters are :mod:`diffaccel.functional` ops (the fused kernels).
+
+**Sizes.** The filters are set for IF's stage-I size (64 px). In stage II (256 px) the same
+factorization acts on the noise estimate with its filters scaled by the upsampling factor
+``f`` (:meth:`Factorization.scaled`), as the reference code of Geng et al. does with
+``f = H // 64``: a kernel of ``k f + ((f + 1) mod 2)`` (odd; 33 -> 133) and ``sigma f``
+(2 -> 8), so the stage-II bands are the stage-I ones seen at four times the resolution.
 """
 from __future__ import annotations
 
@@ -18,11 +24,20 @@ import torch
 import torch.nn.functional as F
 
 from .. import functional as Fn
+from ..errors import ArgumentError
 
 __all__ = [
     "Factorization", "HighLow", "TripleBand", "ColorGray", "MotionBlur", "get_factorization",
-    "FACTORIZATIONS", "grayscale", "motion_blur",
+    "FACTORIZATIONS", "grayscale", "motion_blur", "scale_kernel",
 ]
+
+
+def scale_kernel(kernel_size: int, factor: int) -> int:
+    """An odd kernel size ``kernel_size`` at ``factor`` times the resolution: ``k f + ((f + 1) mod 2)``
+    (the reference's rule; odd for odd ``k``)."""
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ArgumentError(f"factor must be a positive int (the upsampling factor), got {factor!r}")
+    return kernel_size * factor + (factor + 1) % 2
 
 
 class Factorization:
@@ -42,6 +57,11 @@ class Factorization:
     def __call__(self, eps: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.combine(eps)
 
+    def scaled(self, factor: int) -> "Factorization":
+        """The same factorization at ``factor`` times the resolution (filters scaled; see Sizes)."""
+        scale_kernel(1, factor)  # checks factor
+        return self
+
 
 @dataclass
 class HighLow(Factorization):
@@ -59,6 +79,9 @@ class HighLow(Factorization):
         if len(eps) != 2:
             raise ValueError(f"high_low combines 2 estimates (low-pass cond, high-pass cond), got {len(eps)}")
         return Fn.hybrid_combine(eps[0], eps[1], self.kernel_size, self.sigma)
+
+    def scaled(self, factor):
+        return HighLow(scale_kernel(self.kernel_size, factor), self.sigma * factor)
 
 
 @dataclass
@@ -90,6 +113,9 @@ class TripleBand(Factorization):
         mid = Fn.gaussian_blur(eps[1], self.kernel_size, self.sigma_high) - Fn.gaussian_blur(
             eps[1], self.kernel_size, self.sigma_low)
         return low + mid + Fn.highpass(eps[2], self.kernel_size, self.sigma_high)
+
+    def scaled(self, factor):
+        return TripleBand(scale_kernel(self.kernel_size, factor), self.sigma_low * factor, self.sigma_high * factor)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -138,6 +164,10 @@ class MotionBlur(Factorization):
     def components(self, x):
         b = motion_blur(x, self.kernel_size, self.angle)
         return [b, x - b]
+
+    def scaled(self, factor):
+        """The blur line scaled like the Gaussian kernels (ours; the line keeps its angle)."""
+        return MotionBlur(scale_kernel(self.kernel_size, factor), self.angle)
 
 
 FACTORIZATIONS: Dict[str, type] = {

@@ -33,7 +33,7 @@ from ..samplers import Guided, ModelFn, Output
 from .animation import make_gif
 from .denoisers import Denoiser
 from .factorizations import Factorization, HighLow, get_factorization
-from .views import View, get_view
+from .views import View, combine_estimates, get_view
 
 __all__ = [
     "DenoiseResult", "strided_timesteps", "inference_timesteps", "default_timesteps", "forward",
@@ -387,23 +387,22 @@ def inpaint(denoiser: Denoiser, image: torch.Tensor, mask: torch.Tensor, cond=No
 def _anagram_model(denoiser: Denoiser, conds: Sequence, views: Sequence[View],
                    guidance_scale: Optional[float]) -> ModelFn:
     """The anagram wrapper: every view of ``x_t`` (and, guided, the unconditional passes) in ONE
-    forward, mapped back by the views' inverses and averaged."""
+    forward, combined by :func:`views.combine_estimates` — noise estimates mapped back by the
+    views' inverses, a learned variance by their spatial part only (the channel rule), averaged."""
     guided = guidance_scale is not None
     k = len(conds)
     blocks = ([denoiser.null_cond] * k if guided else []) + list(conds)
     enc = denoiser.batch_conds(blocks)
 
-    def mean_inverse(chunks):
-        return sum(v.inverse(e) for v, e in zip(views, chunks)) / k
-
     def model(x, t):
         viewed = [v.view(x) for v in views]
         out = denoiser(torch.cat(viewed * (2 if guided else 1)), t, enc)
         eps = out.eps.chunk(len(blocks))
-        var = None if out.variance is None else mean_inverse(out.variance.chunk(len(blocks))[-k:])
+        var = None if out.variance is None else out.variance.chunk(len(blocks))[-k:]
+        eps_c, var_c = combine_estimates(views, eps[-k:], var)
         if guided:
-            return Guided(mean_inverse(eps[:k]), mean_inverse(eps[k:]), guidance_scale, var)
-        return Output(mean_inverse(eps), var)
+            return Guided(combine_estimates(views, eps[:k])[0], eps_c, guidance_scale, var_c)
+        return Output(eps_c, var_c)
     return model
 
 
@@ -443,23 +442,35 @@ def factorized(denoiser: Denoiser, conds: Sequence, factorization="high_low", nu
     the conditional ones.
     """
     fac: Factorization = get_factorization(factorization)
-    if len(conds) != fac.num_components:
-        raise ValueError(f"{fac.name} needs {fac.num_components} conditions, got {len(conds)}")
+    _check_components(fac, conds)
     ts = _check_timesteps(denoiser, timesteps)
     x = _pure_noise(denoiser, num_samples, generator)
+    return _run(denoiser, x, ts, 0, _factorized_model(denoiser, conds, fac, guidance_scale), generator, callback,
+                every=every, progress=progress, sampler=sampler, **step_kwargs)
+
+
+def _check_components(fac: Factorization, conds) -> None:
+    if isinstance(conds, (str, int)) or conds is None or len(conds) != fac.num_components:
+        raise ArgumentError(f"conds: the {fac.name} factorization needs a list of {fac.num_components} conditions "
+                            f"(one per component), got {conds!r}")
+
+
+def _factorized_model(denoiser: Denoiser, conds: Sequence, fac: Factorization,
+                      guidance_scale: Optional[float]) -> ModelFn:
+    """The factorization wrapper: ``x_t`` unchanged under every condition (and, guided, one
+    unconditional pass) in ONE forward; the noise estimates go through ``fac.combine``, the
+    learned variance is the mean of the conditional ones."""
     guided = guidance_scale is not None
     k = len(conds)
     enc = denoiser.batch_conds(([denoiser.null_cond] if guided else []) + list(conds))
 
-    def model(x_t, t):  # the factorization wrapper
+    def model(x_t, t):
         out = denoiser(torch.cat([x_t] * (k + guided)), t, enc)
         eps = out.eps.chunk(k + guided)
         var = None if out.variance is None else sum(out.variance.chunk(k + guided)[-k:]) / k
         eps_c = fac.combine(list(eps[-k:]))
         return Guided(eps[0], eps_c, guidance_scale, var) if guided else Output(eps_c, var)
-
-    return _run(denoiser, x, ts, 0, model, generator, callback, every=every, progress=progress,
-                sampler=sampler, **step_kwargs)
+    return model
 
 
 def hybrid(denoiser: Denoiser, cond_low, cond_high, kernel_size: int = 33, sigma: float = 2.0,
@@ -479,7 +490,8 @@ def upsample_stage2(denoiser, images: torch.Tensor, cond=None, num_inference_ste
                     noise_level: int = 250, guidance_scale: Optional[float] = 4.0,
                     generator: Optional[torch.Generator] = None, callback: Callback = None,
                     dynamic_threshold: Optional[Tuple[float, float]] = (0.95, 1.5), progress: bool = False,
-                    sampler: str = "ddpm", **step_kwargs) -> DenoiseResult:
+                    sampler: str = "ddpm", views: Optional[Sequence] = None, factorization=None,
+                    **step_kwargs) -> DenoiseResult:
     """SPEC A0: IF stage II — upsample stage-I images (canonical range) guided by ``cond``.
 
     As diffusers' ``IFSuperResolutionPipeline``: bilinear upscale to the stage-II size, noise
@@ -487,19 +499,57 @@ def upsample_stage2(denoiser, images: torch.Tensor, cond=None, num_inference_ste
     UNet seeing ``cat([x_t, upscaled])``; defaults are the pipeline's (g = 4, 50 steps,
     noise level 250, dynamic thresholding 0.95 / 1.5). ``sampler`` as :func:`iterative_denoise`
     (``"ddim"`` has no thresholding: pass ``dynamic_threshold=None`` with it).
+
+    Illusions carry on into stage II, as in the reference code of Geng et al. (Visual
+    Anagrams, CVPR 2024; Factorized Diffusion, 2024):
+
+    * ``views`` (names or :class:`View` objects) with ``cond`` one prompt per view: the anagram
+      wrapper of :func:`visual_anagram`, each view seeing the whole 6-channel input (its view of
+      ``x_t`` next to its view of the upscaled image; a 64-px permutation view acts on 4x4
+      blocks at 256 px, the arrangement stage I made), combined with the channel rule.
+    * ``factorization`` (a name or :class:`Factorization`, as given to :func:`factorized` for
+      stage I) with ``cond`` one prompt per component: the model input is unchanged, the noise
+      estimates are combined with the filters scaled by the upsampling factor
+      ``f = H // h`` (:meth:`Factorization.scaled`; 4 for IF's 64 -> 256, kernel 33 -> 133,
+      sigma 2 -> 8). The combine is our plain sum of components (SPEC A1.9).
     """
     if not hasattr(denoiser, "with_low_res"):
         raise TypeError("upsample_stage2 needs an IF stage-II denoiser (load_if_stage(..., stage=2))")
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != denoiser.sample_shape[0]:
         raise ValueError(f"images must be [N, {denoiser.sample_shape[0]}, h, w] stage-I outputs, "
                          f"got {getattr(images, 'shape', type(images).__name__)}")
+    if views is not None and factorization is not None:
+        raise ArgumentError("give views (an anagram) or factorization, not both")
     _, h, w = denoiser.sample_shape
+    vs = fac = None
+    if views is not None:
+        if isinstance(cond, (str, int)) or cond is None or isinstance(views, (str, View)):
+            raise ArgumentError("views: give a list of views and cond as a list with one prompt per view, "
+                                f"got views={views!r}, cond={cond!r}")
+        vs = [get_view(v) for v in views]
+        if len(vs) != len(cond):
+            raise ArgumentError(f"need one view per prompt: {len(cond)} prompts in cond but {len(vs)} views")
+    elif factorization is not None:
+        factor = h // images.shape[-2]
+        if factor < 1 or h % images.shape[-2]:
+            raise ArgumentError(f"factorization: the stage-II size {h} must be a multiple of the images' "
+                                f"{images.shape[-2]} (the filters scale by the upsampling factor)")
+        fac = get_factorization(factorization).scaled(factor)
+        _check_components(fac, cond)
     low = images.to(device=denoiser.device, dtype=torch.float32)
     up = F.interpolate(low, (h, w), mode="bilinear", align_corners=True)
     up = Fn.add_noise(up, _randn(up, generator), denoiser.noising_alphas_cumprod, int(noise_level))
-    bound = denoiser.with_low_res(up, noise_level)
     ts = inference_timesteps(num_inference_steps, denoiser.num_train_timesteps)
     x = _randn(up, generator)
-    cond = default_prompt(denoiser) if cond is None else cond
-    return _run(bound, x, ts, 0, _model(bound, cond, guidance_scale), generator, callback, progress=progress,
+    if vs is not None:
+        # one low-res block per view, in the order the anagram wrapper stacks its views
+        bound = denoiser.with_low_res(torch.cat([v.view(up) for v in vs]), noise_level)
+        model = _anagram_model(bound, cond, vs, guidance_scale)
+    else:
+        bound = denoiser.with_low_res(up, noise_level)
+        if fac is not None:
+            model = _factorized_model(bound, cond, fac, guidance_scale)
+        else:
+            model = _model(bound, default_prompt(denoiser) if cond is None else cond, guidance_scale)
+    return _run(bound, x, ts, 0, model, generator, callback, progress=progress,
                 sampler=sampler, dynamic_threshold=dynamic_threshold, **step_kwargs)

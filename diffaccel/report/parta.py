@@ -17,6 +17,7 @@ import torch
 from ..pipelines import techniques as T
 from ..imageio import FrameRecorder, display_scale, save_gif, save_png
 from ..pipelines.animation import animate_view
+from ..pipelines.factorizations import HighLow
 from ..pipelines.views import get_view
 from .html import Cell, Figure, single
 from .images import draw_digit, draw_scene
@@ -273,6 +274,18 @@ def render_parta(s: PartASetup, out_dir, seed: int = 0, progress: bool = True) -
                            f"(all views in one forward), {steps_txt}: each sample reads as {a} upright and {b} upside "
                            f"down; {s.n_illusions} samples (columns), {seed_txt}.", rows,
                            row_headers=[f"upright ({a})", f"flipped ({b})"]))
+        if s.stage2 is not None:
+            up = T.upsample_stage2(s.stage2, img, cond=list(s.anagram_conds), views=("identity", "flip"),
+                                   num_inference_steps=s.stage2_steps, generator=gen("A0/A1.8")).image.clamp(-1, 1)
+            sc2 = display_scale(s.stage2.sample_shape[-1], 256)
+            rows2 = [[png(f"stage2_anagram_{r}", up[r:r + 1], sc=sc2) for r in range(n)],
+                     [png(f"stage2_anagram_{r}_flipped", up[r:r + 1].flip(-2), sc=sc2) for r in range(n)]]
+            figs.append(Figure(sec("A1.8"), title("A0", "Stage II upsampling of the anagrams"),
+                               f"The anagrams above through IF stage II ({s.stage2_steps} steps, noise level 250, "
+                               f"g = 4, dynamic thresholding) with the anagram's views and prompts in stage II too "
+                               f"(each view sees its view of x_t and of the upscaled image), as the reference code "
+                               f"of Geng et al. does; {seed_txt}.", rows2,
+                               row_headers=[f"upright ({a})", f"flipped ({b})"]))
         fname = f"a_{s.key}_anagram_flip.gif"
         animate_view(img[0], "flip", out / fname, num_frames=16, scale=scale)
         figs.append(single(sec("A-gif"), title("A-gif", "An anagram turning over"),
@@ -319,6 +332,22 @@ def render_parta(s: PartASetup, out_dir, seed: int = 0, progress: bool = True) -
                            f"{2 * scale}x enlarged (up close: {hi}); {s.n_illusions} samples (columns), "
                            f"{seed_txt}.", rows,
                            row_headers=[f"{H} px (far: {lo})", f"{2 * scale * H} px (close: {hi})"]))
+        if s.stage2 is not None:
+            fac = HighLow(33, 2.0)
+            H2 = s.stage2.sample_shape[-1]
+            f2 = H2 // H
+            up = T.upsample_stage2(s.stage2, img, cond=list(s.hybrid_conds), factorization=fac,
+                                   num_inference_steps=s.stage2_steps, generator=gen("A0/A1.9")).image.clamp(-1, 1)
+            k2 = fac.scaled(f2)
+            small = torch.nn.functional.interpolate(up, (H, H), mode="area")
+            rows2 = [[png(f"stage2_hybrid_{r}_small", small[r:r + 1], sc=1) for r in range(n)],
+                     [png(f"stage2_hybrid_{r}_large", up[r:r + 1], sc=display_scale(H2, 256)) for r in range(n)]]
+            figs.append(Figure(sec("A1.9"), title("A0", "Stage II upsampling of the hybrids"),
+                               f"The hybrids above through IF stage II ({s.stage2_steps} steps, noise level 250, "
+                               f"g = 4, dynamic thresholding), the factorization in stage II too: the same prompts, "
+                               f"the filter scaled by the upsampling factor {f2} (kernel {k2.kernel_size}, sigma "
+                               f"{k2.sigma:g}) on the noise estimates; {seed_txt}.", rows2,
+                               row_headers=[f"{H} px (far: {lo})", f"{H2} px (close: {hi})"]))
 
     steps: List[Tuple[str, Callable]] = [
         ("A1.1-A1.3", forward_figs), ("A1.4", iterative_fig), ("A1.5-A1.6", sampling_figs), ("A1.7", sdedit_figs),
