@@ -612,7 +612,8 @@ def _check_outputs(x_t: torch.Tensor, inputs: dict, **outs) -> list:
                 a0, a1 = _byte_range(a)
                 b0, b1 = _byte_range(b)
                 if a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() and a0 < b1 and b0 < a1:
-                    raise ArgumentError(f"{ka} and {kb} must not share memory (both results are written)")
+                    raise ArgumentError(
+                        f"{ka} and {kb} must be different tensors that share no memory (both are written)")
     return [v if v is not None else torch.empty_like(x_t, memory_format=torch.contiguous_format) for _, v in res]
 
 

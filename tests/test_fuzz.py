@@ -253,3 +253,221 @@ def test_scheduler_add_noise_refuses_float_timesteps(name):
             s.add_noise(x, e, ts)
     torch.testing.assert_close(s.add_noise(x, e, torch.tensor([5, 3])),
                                ref.add_noise(x, e, s.alphas_cumprod, torch.tensor([5, 3])))
+
+
+# ============================================================================ properties
+# Argument names a refusal may name, per op (the message must name one of them).
+_NAMES = ("x0", "noise", "x_t", "eps", "eps_uncond", "eps_cond", "scale", "alphas_cumprod", "t", "t_prev",
+          "out", "x", "kernel_size", "sigma", "eps_low", "eps_high", "mask", "x_orig", "eta", "clip_x0",
+          "dynamic_threshold", "variance", "predicted_variance", "backend", "v", "v_next", "dt", "x0_prev",
+          "t_last", "x_last", "x0_out")
+TOL = {torch.float32: 1e-3, torch.float64: 1e-3, torch.float16: 2e-2, torch.bfloat16: 1e-1}
+
+
+@st.composite
+def _image(draw, shape, dtype):
+    """A tensor of ``shape`` in one of the layouts users pass: contiguous, channels-last,
+    transposed (non-contiguous), a stride-0 batch (expanded), or with a NaN / Inf."""
+    layout = draw(st.sampled_from(["contiguous", "channels_last", "transposed", "expanded", "nonfinite"]))
+    n, c, h, w = shape
+    if layout == "transposed":
+        x = torch.randn(n, c, w, h, dtype=torch.float64).transpose(2, 3)
+    elif layout == "expanded":
+        x = torch.randn(1, c, h, w, dtype=torch.float64).expand(n, c, h, w)
+    else:
+        x = torch.randn(shape, dtype=torch.float64)
+    x = x.to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    if layout == "nonfinite":
+        x = x.clone()
+        x.view(-1)[draw(st.integers(0, x.numel() - 1))] = draw(st.sampled_from([math.nan, math.inf]))
+    return x
+
+
+_scalars = st.one_of(st.floats(-3, 8), st.sampled_from([math.nan, math.inf, -math.inf, 0.0, 1.0]),
+                     st.integers(-2, 3), st.sampled_from(["1.5", None, True]))
+
+
+def _timestep(lo=-2, hi=T + 1):
+    return st.one_of(st.integers(lo, hi), st.sampled_from([1.5, "3", None, True]),
+                     st.lists(st.integers(lo, hi), min_size=1, max_size=3).map(torch.tensor))
+
+
+def _is_ours(exc: BaseException) -> bool:
+    """Raised by diffaccel's checks: one of our types, or its innermost frame is in diffaccel."""
+    if isinstance(exc, DiffaccelError):
+        return True
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and "diffaccel" in frames[-1].filename.replace("\\", "/").split("/tests/")[0] \
+        and "/tests/" not in frames[-1].filename
+
+
+def _call_checked(fn, want_fn):
+    """The property: fn() matches want_fn() (the reference, from the same inputs) or raises one of
+    our ValueError / TypeError naming an argument."""
+    try:
+        got = fn()
+    except (ValueError, TypeError) as e:
+        assert _is_ours(e), f"exception from inside torch, not from diffaccel's checks: {e!r}"
+        msg = str(e)
+        assert any(n in msg for n in _NAMES), f"message names no argument: {msg}"
+        return None
+    want = want_fn()
+    got = got if isinstance(got, tuple) else (got,)
+    want = want if isinstance(want, tuple) else (want,)
+    for g, w in zip(got, want):
+        tol = TOL[g.dtype] * (1 + float(w.double().abs().nan_to_num(0, 0, 0).max()) if w.numel() else 1)
+        torch.testing.assert_close(g, w.to(g.dtype), atol=tol, rtol=TOL[g.dtype], equal_nan=True)
+    return got
+
+
+def _long(t, n):
+    return torch.full((n,), t, dtype=torch.int64) if isinstance(t, int) else t.to(torch.int64).reshape(-1).expand(n)
+
+
+_SHAPES = st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(3, 9), st.integers(3, 9))
+_DTYPES = st.sampled_from([torch.float32, torch.float32, torch.float16, torch.bfloat16, torch.float64])
+_FUZZ = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@_FUZZ
+@given(data=st.data(), shape=_SHAPES, dtype=_DTYPES, backend=st.sampled_from(BACKENDS),
+       op=st.sampled_from(["add_noise", "predict_x0", "masked_project"]))
+def test_fuzz_per_sample_ops(data, shape, dtype, backend, op):
+    a = data.draw(_image(shape, dtype), "a")
+    b = data.draw(_image(shape, dtype), "b")
+    t = data.draw(_timestep(), "t")
+    abar = data.draw(st.sampled_from([ABAR, ABAR.double(), ABAR.flip(0) * 1.5, ABAR.half()]), "abar")
+    n = shape[0]
+    out_kind = data.draw(st.sampled_from(["none", "fresh", "in_place", "partial"]), "out")
+    out = None
+    if out_kind == "fresh":
+        out = torch.empty(shape, dtype=dtype)
+    elif out_kind == "in_place" and a.is_contiguous():
+        out = a
+    elif out_kind == "partial":  # a and out: overlapping views of one buffer
+        buf = torch.randn(n + 1, *shape[1:], dtype=torch.float64).to(dtype)
+        a, out = buf[:n], buf[1:]
+    a_in = a.clone()  # the reference reads the inputs as they were before the call
+    if op == "masked_project":
+        m = data.draw(st.sampled_from([torch.rand(shape[2], shape[3]), torch.rand(shape[2], shape[3]) * 2 - 0.5,
+                                       torch.rand(shape[2], shape[3]) > 0.5]), "mask")
+        _call_checked(lambda: F.masked_project(a, b, m, b, abar, t, out=out, backend=backend),
+                      lambda: ref.masked_project(a_in, b, m.to(a.dtype).expand(shape), b, abar.float(), _long(t, n)))
+    else:
+        _call_checked(lambda: getattr(F, op)(a, b, abar, t, out=out, backend=backend),
+                      lambda: getattr(ref, op)(a_in, b, abar.float(), _long(t, n)))
+
+
+@_FUZZ
+@given(data=st.data(), shape=_SHAPES, dtype=_DTYPES, backend=st.sampled_from(BACKENDS),
+       op=st.sampled_from(["ddpm_step", "cfg_ddpm_step", "ddim_step", "cfg_ddim_step"]))
+def test_fuzz_steps(data, shape, dtype, backend, op):
+    x = data.draw(_image(shape, dtype), "x_t")
+    e = data.draw(_image(shape, dtype), "eps")
+    noise = data.draw(st.one_of(st.none(), _image(shape, dtype)), "noise")
+    t = data.draw(_timestep(), "t")
+    t_prev = data.draw(_timestep(-3, T), "t_prev")
+    n = shape[0]
+    kw, rkw = {}, {}
+    cfg = op.startswith("cfg_")
+    scale = data.draw(_scalars, "scale") if cfg else 1.0
+    if "ddpm" in op:
+        variance = data.draw(st.sampled_from(["fixed_small", "fixed_large", "learned_range", "bogus"]), "variance")
+        pv = data.draw(_image(shape, dtype), "pv").clamp(-1, 1) if variance == "learned_range" else None
+        thr = data.draw(st.sampled_from(["none", "clip", "dyn"]), "thr")
+        kw = dict(variance=variance, predicted_variance=pv)
+        if thr == "clip":
+            kw["clip_x0"] = data.draw(_scalars, "clip_x0")
+        elif thr == "dyn":
+            kw["dynamic_threshold"] = (data.draw(_scalars, "ratio"), data.draw(_scalars, "max"))
+        rkw = dict(kw)
+        if isinstance(rkw.get("clip_x0"), bool):
+            rkw["clip_x0"] = float(rkw["clip_x0"])
+    else:
+        kw = rkw = dict(eta=data.draw(_scalars, "eta"))
+    fn = getattr(F, op)
+    base = op.removeprefix("cfg_")
+
+    def call():
+        if cfg:
+            return fn(x, e, x, scale, ABAR, t, t_prev, noise=noise, backend=backend, **kw)
+        return fn(x, e, ABAR, t, t_prev, noise=noise, backend=backend, **kw)
+
+    def want():
+        eps = ref.cfg_combine(e.float(), x.float(), scale) if cfg else e
+        return getattr(ref, base)(x, eps, ABAR, _long(t, n), _long(t_prev, n), noise=noise, **rkw)
+
+    _call_checked(call, want)
+
+
+@_FUZZ
+@given(data=st.data(), shape=_SHAPES, dtype=_DTYPES, backend=st.sampled_from(BACKENDS),
+       op=st.sampled_from(["gaussian_blur", "highpass", "hybrid_combine", "cfg_combine", "heun_step"]))
+def test_fuzz_filters_and_combines(data, shape, dtype, backend, op):
+    a = data.draw(_image(shape, dtype), "a")
+    b = data.draw(_image(shape, dtype), "b")
+    s = data.draw(_scalars, "scalar")
+    if op in ("cfg_combine", "heun_step"):
+        if op == "cfg_combine":
+            _call_checked(lambda: F.cfg_combine(a, b, s, backend=backend), lambda: ref.cfg_combine(a, b, float(s)))
+        else:
+            _call_checked(lambda: F.heun_step(a, b, a, s, backend=backend), lambda: ref.heun_step(a, b, a, float(s)))
+        return
+    k = data.draw(st.one_of(st.integers(-1, 9), st.just(3.0)), "kernel_size")
+    args = (a, b) if op == "hybrid_combine" else (a,)
+    _call_checked(lambda: getattr(F, op)(*args, k, s, backend=backend),
+                  lambda: getattr(ref, op)(*args, k, float(s)))
+
+
+@_FUZZ
+@given(data=st.data(), shape=_SHAPES, backend=st.sampled_from(BACKENDS),
+       op=st.sampled_from(["dpmpp_2m_step", "unipc_step", "cfg_dpmpp_2m_step", "cfg_unipc_step"]))
+def test_fuzz_solver_steps(data, shape, backend, op):
+    dtype = torch.float32
+    x = data.draw(_image(shape, dtype), "x_t")
+    e = data.draw(_image(shape, dtype), "eps")
+    t = data.draw(_timestep(0, T - 1), "t")
+    t_prev = data.draw(_timestep(-1, T - 1), "t_prev")
+    hist = data.draw(st.booleans(), "history")
+    t_last = data.draw(_timestep(0, T - 1), "t_last") if hist else None
+    x0_prev = data.draw(_image(shape, dtype), "x0_prev") if hist else None
+    thr = data.draw(st.sampled_from([{}, {"clip_x0": 1.0}, {"dynamic_threshold": (0.9, 1.5)}]), "thr")
+    n = shape[0]
+    cfg = op.startswith("cfg_")
+    scale = data.draw(_scalars, "scale") if cfg else 1.0
+    fn = getattr(F, op)
+    base = getattr(ref, op.removeprefix("cfg_"))
+
+    def call():
+        lead = (x, e, x, scale) if cfg else (x, e)
+        return fn(*lead, ABAR, t, t_prev, x0_prev=x0_prev, t_last=t_last, backend=backend, **thr)
+
+    def want():
+        eps = ref.cfg_combine(e.float(), x.float(), float(scale)) if cfg else e
+        res = base(x, eps, ABAR, _long(t, n), _long(t_prev, n), x0_prev=x0_prev,
+                   t_last=None if t_last is None else _long(t_last, n), **thr)
+        return res
+
+    _call_checked(call, want)
+
+
+@_FUZZ
+@given(data=st.data(), n=st.integers(1, 3), name=st.sampled_from(["DDPMScheduler", "DDIMScheduler"]))
+def test_fuzz_scheduler_add_noise_and_step(data, n, name):
+    schedulers = pytest.importorskip("diffaccel.schedulers")
+    s = getattr(schedulers, name)(clip_sample=False)
+    s.set_timesteps(10)
+    x = data.draw(_image((n, 2, 4, 4), torch.float32), "x")
+    e = data.draw(_image((n, 2, 4, 4), torch.float32), "e")
+    ts = data.draw(st.one_of(st.lists(st.integers(-2, 1001), min_size=n, max_size=n).map(torch.tensor),
+                             st.lists(st.floats(0, 999), min_size=n, max_size=n).map(torch.tensor)), "timesteps")
+    _call_checked(lambda: s.add_noise(x, e, ts),
+                  lambda: ref.add_noise(x, e, s.alphas_cumprod, ts))
+    diffusers = pytest.importorskip("diffusers")
+    theirs = getattr(diffusers, name)(clip_sample=False)
+    theirs.set_timesteps(10)
+    t = data.draw(st.sampled_from([int(v) for v in s.timesteps]), "t")
+    _call_checked(lambda: s.step(e, t, x, generator=torch.Generator().manual_seed(0)).prev_sample,
+                  lambda: theirs.step(e, t, x, generator=torch.Generator().manual_seed(0)).prev_sample)
