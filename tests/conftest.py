@@ -23,7 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 try:  # property-based tests (tests/test_fuzz.py): fixed and derandomized in CI, no per-example deadline
     from hypothesis import settings
 
-    settings.register_profile("ci", max_examples=40, derandomize=True, deadline=None, print_blob=True)
+    settings.register_profile("ci", max_examples=100, derandomize=True, deadline=None, print_blob=True)
     settings.register_profile("dev", max_examples=40, deadline=None)
     settings.load_profile("ci" if os.environ.get("CI") else "dev")
 except ImportError:  # the suite skips itself without hypothesis

@@ -303,9 +303,15 @@ def _is_ours(exc: BaseException) -> bool:
         and "/tests/" not in frames[-1].filename
 
 
-def _call_checked(fn, want_fn):
+def _finite(*xs) -> bool:
+    return all(not isinstance(x, torch.Tensor) or bool(torch.isfinite(x).all()) for x in xs)
+
+
+def _call_checked(fn, want_fn, finite_inputs: bool = False):
     """The property: fn() matches want_fn() (the reference, from the same inputs) or raises one of
-    our ValueError / TypeError naming an argument."""
+    our ValueError / TypeError naming an argument. From finite inputs (``finite_inputs``) a result
+    must be finite too: a NaN made from a NaN scalar or a bad schedule is a silent wrong result
+    even where the reference computes the same NaN."""
     try:
         got = fn()
     except (ValueError, TypeError) as e:
@@ -315,6 +321,8 @@ def _call_checked(fn, want_fn):
         return None
     want = want_fn()
     got = got if isinstance(got, tuple) else (got,)
+    if finite_inputs:
+        assert _finite(*got), "finite inputs gave a non-finite result without an error"
     want = want if isinstance(want, tuple) else (want,)
     for g, w in zip(got, want):
         tol = TOL[g.dtype] * (1 + float(w.double().abs().nan_to_num(0, 0, 0).max()) if w.numel() else 1)
@@ -354,10 +362,11 @@ def test_fuzz_per_sample_ops(data, shape, dtype, backend, op):
         m = data.draw(st.sampled_from([torch.rand(shape[2], shape[3]), torch.rand(shape[2], shape[3]) * 2 - 0.5,
                                        torch.rand(shape[2], shape[3]) > 0.5]), "mask")
         _call_checked(lambda: F.masked_project(a, b, m, b, abar, t, out=out, backend=backend),
-                      lambda: ref.masked_project(a_in, b, m.to(a.dtype).expand(shape), b, abar.float(), _long(t, n)))
+                      lambda: ref.masked_project(a_in, b, m.to(a.dtype).expand(shape), b, abar.float(), _long(t, n)),
+                      _finite(a, b))
     else:
         _call_checked(lambda: getattr(F, op)(a, b, abar, t, out=out, backend=backend),
-                      lambda: getattr(ref, op)(a_in, b, abar.float(), _long(t, n)))
+                      lambda: getattr(ref, op)(a_in, b, abar.float(), _long(t, n)), _finite(a, b))
 
 
 @_FUZZ
@@ -399,7 +408,7 @@ def test_fuzz_steps(data, shape, dtype, backend, op):
         eps = ref.cfg_combine(e.float(), x.float(), scale) if cfg else e
         return getattr(ref, base)(x, eps, ABAR, _long(t, n), _long(t_prev, n), noise=noise, **rkw)
 
-    _call_checked(call, want)
+    _call_checked(call, want, _finite(x, e, noise) and (pv is None or _finite(pv) if "ddpm" in op else True))
 
 
 @_FUZZ
@@ -411,14 +420,16 @@ def test_fuzz_filters_and_combines(data, shape, dtype, backend, op):
     s = data.draw(_scalars, "scalar")
     if op in ("cfg_combine", "heun_step"):
         if op == "cfg_combine":
-            _call_checked(lambda: F.cfg_combine(a, b, s, backend=backend), lambda: ref.cfg_combine(a, b, float(s)))
+            _call_checked(lambda: F.cfg_combine(a, b, s, backend=backend), lambda: ref.cfg_combine(a, b, float(s)),
+                          _finite(a, b))
         else:
-            _call_checked(lambda: F.heun_step(a, b, a, s, backend=backend), lambda: ref.heun_step(a, b, a, float(s)))
+            _call_checked(lambda: F.heun_step(a, b, a, s, backend=backend), lambda: ref.heun_step(a, b, a, float(s)),
+                          _finite(a, b))
         return
     k = data.draw(st.one_of(st.integers(-1, 9), st.just(3.0)), "kernel_size")
     args = (a, b) if op == "hybrid_combine" else (a,)
     _call_checked(lambda: getattr(F, op)(*args, k, s, backend=backend),
-                  lambda: getattr(ref, op)(*args, k, float(s)))
+                  lambda: getattr(ref, op)(*args, k, float(s)), _finite(a, b))
 
 
 @_FUZZ
@@ -450,7 +461,7 @@ def test_fuzz_solver_steps(data, shape, backend, op):
                    t_last=None if t_last is None else _long(t_last, n), **thr)
         return res
 
-    _call_checked(call, want)
+    _call_checked(call, want, _finite(x, e, x0_prev))
 
 
 @_FUZZ
