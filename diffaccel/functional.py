@@ -187,8 +187,9 @@ _ABAR_CHECKED = torch.utils.weak.WeakIdKeyDictionary()
 
 
 def _validate_abar(given: torch.Tensor, abar: torch.Tensor) -> Tuple[int, ...]:
-    """``abar`` (float32, as the kernels see it) must be in (0, 1]: sqrt(abar) and sqrt(1 - abar)
-    are real and x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) is finite. ``abar = 1`` (beta = 0) is a
+    """``abar`` (float32, as the kernels see it) must be in [0, 1]: sqrt(abar) and sqrt(1 - abar)
+    are real. ``abar = 0`` is the last entry of zero-terminal-SNR schedules (Lin et al. 2023; diffusers'
+    ``rescale_betas_zero_snr``), valid for the forward process. ``abar = 1`` (beta = 0) is a
     valid entry for the forward process; the steps refuse a ``t`` there (see :func:`_check_t_not_one`).
     Returns the indices where ``abar == 1``."""
     if _compiling() or (abar.is_cuda and torch.cuda.is_current_stream_capturing()):
@@ -196,11 +197,11 @@ def _validate_abar(given: torch.Tensor, abar: torch.Tensor) -> Tuple[int, ...]:
     hit = _ABAR_CHECKED.get(given)
     if hit is not None and hit[0] == given._version:
         return hit[1]
-    bad = ~((abar > 0) & (abar <= 1))  # NaN fails both comparisons
+    bad = ~((abar >= 0) & (abar <= 1))  # NaN fails both comparisons
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
         raise ArgumentError(
-            f"alphas_cumprod must be in (0, 1] (a cumulative product of alphas = 1 - beta, beta in [0, 1)); "
+            f"alphas_cumprod must be in [0, 1] (a cumulative product of alphas = 1 - beta, beta in [0, 1]); "
             f"got alphas_cumprod[{i}] = {abar[i].item()} (as float32)")
     ones = tuple(int(i) for i in (abar == 1).nonzero().reshape(-1).tolist())
     _ABAR_CHECKED[given] = (given._version, ones)
@@ -394,7 +395,9 @@ def _check_order(small_name: str, small: Timestep, small_t: torch.Tensor, big_na
     if isinstance(small, int) and isinstance(big, int):
         ok, got = small < big, f"{big_name}={big}, {small_name}={small}"
     elif small_t.device.type == "cpu" and not _compiling():
-        bad = (small_t >= big_t).nonzero()
+        # Tensors: t_prev == t is a valid no-op step (DDIMScheduler's last step without
+        # set_alpha_to_one lands on abar[0] again); t_prev > t is not.
+        bad = ((small_t > big_t) if small_name == "t_prev" else (small_t >= big_t)).nonzero()
         ok = bad.numel() == 0
         got = "" if ok else (f"{big_name}={int(big_t[bad[0, 0]])}, {small_name}={int(small_t[bad[0, 0]])} "
                              f"at sample {int(bad[0, 0])}")
