@@ -13,6 +13,7 @@ Backends all implement the same low-level calls (see :class:`_TorchBackend`):
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -174,7 +175,59 @@ def _check_abar(alphas_cumprod, device: torch.device) -> torch.Tensor:
         raise TypeError(f"alphas_cumprod must be floating point, got {alphas_cumprod.dtype}")
     if alphas_cumprod.device.type != device.type and alphas_cumprod.device.type != "cpu":
         raise ValueError(f"alphas_cumprod is on {alphas_cumprod.device} but x_t is on {device}")
-    return alphas_cumprod.to(device=device, dtype=torch.float32).contiguous()
+    abar = alphas_cumprod.to(device=device, dtype=torch.float32).contiguous()
+    _validate_abar(alphas_cumprod, abar)
+    return abar
+
+
+# alphas_cumprod tensor -> (its version counter when checked, indices where abar == 1). A schedule
+# is checked once per version (in-place edits bump it): on CPU that saves a pass per call, on CUDA
+# the one check is the only host sync, paid at the first call (set-up), never per step. It is
+# skipped while tracing for torch.compile or capturing a CUDA graph (no host sync is possible);
+# the tables a sampler captures were checked at its eager warm-up call.
+_ABAR_CHECKED = torch.utils.weak.WeakIdKeyDictionary()
+
+
+def _validate_abar(given: torch.Tensor, abar: torch.Tensor) -> Tuple[int, ...]:
+    """``abar`` (float32, as the kernels see it) must be in [0, 1]: sqrt(abar) and sqrt(1 - abar)
+    are real. ``abar = 0`` is the last entry of zero-terminal-SNR schedules (Lin et al. 2023; diffusers'
+    ``rescale_betas_zero_snr``), valid for the forward process. ``abar = 1`` (beta = 0) is a
+    valid entry for the forward process; the steps refuse a ``t`` there (see :func:`_check_t_not_one`).
+    Returns the indices where ``abar == 1``."""
+    if _compiling() or (abar.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return ()
+    hit = _ABAR_CHECKED.get(given)
+    if hit is not None and hit[0] == given._version:
+        return hit[1]
+    bad = ~((abar >= 0) & (abar <= 1))  # NaN fails both comparisons
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ArgumentError(
+            f"alphas_cumprod must be in [0, 1] (a cumulative product of alphas = 1 - beta, beta in [0, 1]); "
+            f"got alphas_cumprod[{i}] = {abar[i].item()} (as float32)")
+    ones = tuple(int(i) for i in (abar == 1).nonzero().reshape(-1).tolist())
+    _ABAR_CHECKED[given] = (given._version, ones)
+    return ones
+
+
+def _check_t_not_one(name: str, t: Timestep, alphas_cumprod: torch.Tensor) -> None:
+    """A step from ``t`` divides by ``1 - abar[t]``: refuse a ``t`` where ``abar[t] = 1`` (host ints and
+    CPU tensors only: the indices where abar is 1 are known on the host, so this costs no sync)."""
+    if _compiling():
+        return
+    hit = _ABAR_CHECKED.get(alphas_cumprod)
+    ones = hit[1] if hit is not None and hit[0] == alphas_cumprod._version else ()
+    if not ones:
+        return
+    if isinstance(t, int):
+        found = t in ones
+    elif t.device.type == "cpu":
+        found = bool(torch.isin(t, torch.tensor(ones, dtype=t.dtype)).any())
+    else:
+        return
+    if found:
+        raise ArgumentError(f"{name} must index alphas_cumprod below 1: a step from alphas_cumprod[t] = 1 "
+                            f"(no noise) divides by 1 - alphas_cumprod[t] = 0; alphas_cumprod is 1 at {list(ones)}")
 
 
 def _check_t(name: str, t: Timestep, n: int, num_t: int, device: torch.device, allow_final: bool) -> torch.Tensor:
@@ -201,24 +254,59 @@ def _check_t(name: str, t: Timestep, n: int, num_t: int, device: torch.device, a
     return t.to(device=device, dtype=torch.int64).reshape(-1).expand(n).contiguous()
 
 
-def _check_out(out, like: torch.Tensor) -> torch.Tensor:
+def _check_out(out, like: torch.Tensor, name: str = "out", **inputs) -> torch.Tensor:
+    """A fresh buffer, or the given one checked, and refused if it partially overlaps one of
+    ``inputs`` (the kernels read an input element after writing an overlapping ``out`` element)."""
     if out is None:
         return torch.empty_like(like, memory_format=torch.contiguous_format)
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(out).__name__}")
     if out.shape != like.shape or out.dtype != like.dtype or out.device != like.device:
         raise ValueError(
-            f"out must have shape {tuple(like.shape)}, dtype {like.dtype} and device {like.device}; "
+            f"{name} must have shape {tuple(like.shape)}, dtype {like.dtype} and device {like.device}; "
             f"got {tuple(out.shape)}, {out.dtype}, {out.device}")
     if not out.is_contiguous():
-        raise ValueError("out must be contiguous")
+        raise ValueError(f"{name} must be contiguous")
+    _check_no_partial_overlap(name, out, inputs)
     return out
+
+
+def _byte_range(x: torch.Tensor) -> Tuple[int, int]:
+    """``[first, last)`` bytes of memory that ``x`` spans."""
+    if x.numel() == 0:
+        return 0, 0
+    extent = sum((n - 1) * st for n, st in zip(x.shape, x.stride()))  # torch strides are >= 0
+    return x.data_ptr(), x.data_ptr() + (extent + 1) * x.element_size()
+
+
+def _check_no_partial_overlap(name: str, out: torch.Tensor, inputs: dict) -> None:
+    """As ATen's ``assert_no_partial_overlap``: ``out`` may be exactly an input (same memory, shape
+    and strides: every op is elementwise per output element or computes before writing), but
+    must not share only some memory with one. Inputs here are the contiguous tensors the kernels
+    read (a non-contiguous input was already copied), so overlapping byte ranges are exact."""
+    if _compiling() or out.numel() == 0:
+        return
+    o0, o1 = _byte_range(out)
+    storage = out.untyped_storage().data_ptr()
+    for key, x in inputs.items():
+        if x is None or x.numel() == 0 or x.untyped_storage().data_ptr() != storage:
+            continue
+        x0, x1 = _byte_range(x)
+        if x1 <= o0 or o1 <= x0:
+            continue
+        if (x.data_ptr() == out.data_ptr() and x.dtype == out.dtype and x.shape == out.shape
+                and x.stride() == out.stride()):
+            continue
+        raise ArgumentError(f"{name} partially overlaps {key} in memory (results would depend on the write "
+                            f"order); pass {name} as exactly {key} (in place), a separate buffer, or None")
 
 
 def _check_scalar(name: str, v, positive: bool = False) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(v).__name__}")
     v = float(v)
+    if not math.isfinite(v):
+        raise ArgumentError(f"{name} must be finite, got {v}")
     if positive and not v > 0:
         raise ValueError(f"{name} must be > 0, got {v}")
     return v
@@ -276,7 +364,7 @@ def add_noise(x0, noise, alphas_cumprod, t: Timestep, *, out=None, backend: str 
     noise = _check_image("noise", noise, x0)
     abar = _check_abar(alphas_cumprod, x0.device)
     tt = _check_t("t", t, x0.shape[0], abar.numel(), x0.device, allow_final=False)
-    out = _check_out(out, x0)
+    out = _check_out(out, x0, x0=x0, noise=noise, alphas_cumprod=abar)
     _get_backend(backend, x0.device).add_noise(x0, noise, abar, tt, out)
     return out
 
@@ -287,7 +375,7 @@ def predict_x0(x_t, eps, alphas_cumprod, t: Timestep, *, out=None, backend: str 
     eps = _check_image("eps", eps, x_t)
     abar = _check_abar(alphas_cumprod, x_t.device)
     tt = _check_t("t", t, x_t.shape[0], abar.numel(), x_t.device, allow_final=False)
-    out = _check_out(out, x_t)
+    out = _check_out(out, x_t, x_t=x_t, eps=eps, alphas_cumprod=abar)
     _get_backend(backend, x_t.device).predict_x0(x_t, eps, abar, tt, out)
     return out
 
@@ -297,9 +385,30 @@ def cfg_combine(eps_uncond, eps_cond, scale: float, *, out=None, backend: str = 
     eps_uncond = _check_image("eps_uncond", eps_uncond, ndim4=False)
     eps_cond = _check_image("eps_cond", eps_cond, eps_uncond, ndim4=False)
     scale = _check_scalar("scale", scale)
-    out = _check_out(out, eps_uncond)
+    out = _check_out(out, eps_uncond, eps_uncond=eps_uncond, eps_cond=eps_cond)
     _get_backend(backend, eps_uncond.device).cfg_combine(eps_uncond, eps_cond, scale, out)
     return out
+
+
+def _check_order(small_name: str, small: Timestep, small_t: torch.Tensor, big_name: str, big: Timestep,
+                 big_t: torch.Tensor) -> None:
+    """``small < big`` per sample (a step goes back in time; a history entry is an earlier step):
+    checked for host ints and CPU tensors, where it costs no device sync."""
+    if isinstance(small, int) and isinstance(big, int):
+        ok, got = small < big, f"{big_name}={big}, {small_name}={small}"
+    elif small_t.device.type == "cpu" and not _compiling():
+        # Tensors: t_prev == t is a valid no-op step (DDIMScheduler's last step without
+        # set_alpha_to_one lands on abar[0] again); t_prev > t is not.
+        bad = ((small_t > big_t) if small_name == "t_prev" else (small_t >= big_t)).nonzero()
+        ok = bad.numel() == 0
+        got = "" if ok else (f"{big_name}={int(big_t[bad[0, 0]])}, {small_name}={int(small_t[bad[0, 0]])} "
+                             f"at sample {int(bad[0, 0])}")
+    else:
+        return
+    if not ok:
+        if small_name == "t_prev":
+            raise ArgumentError(f"t_prev must be smaller than {big_name} (a step goes back in time), got {got}")
+        raise ArgumentError(f"{big_name} must be larger than {small_name} (an earlier step), got {got}")
 
 
 def _step_common(x_t, alphas_cumprod, t, t_prev, noise):
@@ -308,8 +417,8 @@ def _step_common(x_t, alphas_cumprod, t, t_prev, noise):
     n = x_t.shape[0]
     tt = _check_t("t", t, n, abar.numel(), x_t.device, allow_final=False)
     tp = _check_t("t_prev", t_prev, n, abar.numel(), x_t.device, allow_final=True)
-    if isinstance(t, int) and isinstance(t_prev, int) and not t_prev < t:
-        raise ValueError(f"t_prev must be smaller than t (a step goes back in time), got t={t}, t_prev={t_prev}")
+    _check_order("t_prev", t_prev, tp, "t", t, tt)
+    _check_t_not_one("t", t, alphas_cumprod)
     noise = None if noise is None else _check_image("noise", noise, x_t)
     return x_t, abar, tt, tp, noise
 
@@ -322,7 +431,7 @@ def ddpm_step(x_t, eps, alphas_cumprod, t: Timestep, t_prev: Timestep, *, noise=
     eps = _check_image("eps", eps, x_t)
     pv = _check_variance(variance, predicted_variance, x_t)
     clip, ratio, max_value = _check_threshold(clip_x0, dynamic_threshold)
-    out = _check_out(out, x_t)
+    out = _check_out(out, x_t, x_t=x_t, eps=eps, noise=noise, predicted_variance=pv, alphas_cumprod=abar)
     _get_backend(backend, x_t.device).ddpm_step(
         x_t, eps, None, 1.0, abar, tt, tp, noise, ref.VARIANCE_TYPES[variance], pv, clip, ratio, max_value, out)
     return out
@@ -344,7 +453,8 @@ def cfg_ddpm_step(x_t, eps_uncond, eps_cond, scale: float, alphas_cumprod, t: Ti
     scale = _check_scalar("scale", scale)
     pv = _check_variance(variance, predicted_variance, x_t)
     clip, ratio, max_value = _check_threshold(clip_x0, dynamic_threshold)
-    out = _check_out(out, x_t)
+    out = _check_out(out, x_t, x_t=x_t, eps_uncond=eps_uncond, eps_cond=eps_cond, noise=noise,
+                     predicted_variance=pv, alphas_cumprod=abar)
     _get_backend(backend, x_t.device).ddpm_step(
         x_t, eps_uncond, eps_cond, scale, abar, tt, tp, noise, ref.VARIANCE_TYPES[variance], pv,
         clip, ratio, max_value, out)
@@ -359,7 +469,7 @@ def ddim_step(x_t, eps, alphas_cumprod, t: Timestep, t_prev: Timestep, *, eta: f
     eta = _check_scalar("eta", eta)
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    out = _check_out(out, x_t)
+    out = _check_out(out, x_t, x_t=x_t, eps=eps, noise=noise, alphas_cumprod=abar)
     _get_backend(backend, x_t.device).ddim_step(x_t, eps, None, 1.0, abar, tt, tp, eta, noise, out)
     return out
 
@@ -374,7 +484,8 @@ def cfg_ddim_step(x_t, eps_uncond, eps_cond, scale: float, alphas_cumprod, t: Ti
     eta = _check_scalar("eta", eta)
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    out = _check_out(out, x_t)
+    out = _check_out(out, x_t, x_t=x_t, eps_uncond=eps_uncond, eps_cond=eps_cond, noise=noise,
+                     alphas_cumprod=abar)
     _get_backend(backend, x_t.device).ddim_step(x_t, eps_uncond, eps_cond, scale, abar, tt, tp, eta, noise, out)
     return out
 
@@ -383,7 +494,7 @@ def gaussian_blur(x, kernel_size: int, sigma: float, *, out=None, backend: str =
     """Separable Gaussian low-pass, reflect padding (equals torchvision's ``gaussian_blur``)."""
     x = _check_image("x", x)
     kernel_size, sigma = _check_kernel(kernel_size, sigma, x)
-    out = _check_out(out, x)
+    out = _check_out(out, x, x=x)
     _get_backend(backend, x.device).gaussian_filter(x, None, kernel_size, sigma, out)
     return out
 
@@ -392,7 +503,7 @@ def highpass(x, kernel_size: int, sigma: float, *, out=None, backend: str = "aut
     """SPEC A1.9: ``x - gaussian_blur(x)``."""
     x = _check_image("x", x)
     kernel_size, sigma = _check_kernel(kernel_size, sigma, x)
-    out = _check_out(out, x)
+    out = _check_out(out, x, x=x)
     _get_backend(backend, x.device).gaussian_filter(None, x, kernel_size, sigma, out)
     return out
 
@@ -403,7 +514,7 @@ def hybrid_combine(eps_low, eps_high, kernel_size: int = 33, sigma: float = 2.0,
     eps_low = _check_image("eps_low", eps_low)
     eps_high = _check_image("eps_high", eps_high, eps_low)
     kernel_size, sigma = _check_kernel(kernel_size, sigma, eps_low)
-    out = _check_out(out, eps_low)
+    out = _check_out(out, eps_low, eps_low=eps_low, eps_high=eps_high)
     _get_backend(backend, eps_low.device).gaussian_filter(eps_low, eps_high, kernel_size, sigma, out)
     return out
 
@@ -424,6 +535,13 @@ def _check_mask(mask, x_t: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"mask is on {mask.device} but x_t is on {x_t.device}")
     if not (mask.dtype == torch.bool or mask.is_floating_point()):
         raise TypeError(f"mask must be bool or floating point (1 = regenerate), got {mask.dtype}")
+    # A host read: on CPU always, on CUDA outside graph capture / tracing (one sync per call; a
+    # mask is made once per image, and the inpainting loop keeps it in one tensor).
+    if (mask.is_floating_point() and not _compiling()
+            and not (mask.is_cuda and torch.cuda.is_current_stream_capturing())):
+        if not bool(((mask >= 0) & (mask <= 1)).all()):
+            bad = mask[~((mask >= 0) & (mask <= 1))][0].item()
+            raise ArgumentError(f"mask must be in [0, 1] (1 = regenerate, 0 = keep x_orig), got a value {bad}")
     return mask.to(x_t.dtype).contiguous()
 
 
@@ -435,7 +553,7 @@ def masked_project(x_t, x_orig, mask, noise, alphas_cumprod, t: Timestep, *, out
     mask = _check_mask(mask, x_t)
     abar = _check_abar(alphas_cumprod, x_t.device)
     tt = _check_t("t", t, x_t.shape[0], abar.numel(), x_t.device, allow_final=False)
-    out = _check_out(out, x_t)
+    out = _check_out(out, x_t, x_t=x_t, x_orig=x_orig, mask=mask, noise=noise, alphas_cumprod=abar)
     _get_backend(backend, x_t.device).masked_project(x_t, x_orig, mask, noise, abar, tt, out)
     return out
 
@@ -451,7 +569,7 @@ def flow_interpolate(x0, x1, t, *, out=None):
     if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.numel() != x0.shape[0]:
         raise ValueError(f"t must be a float tensor with one entry per sample ({x0.shape[0]}), got {t!r:.80}")
     res = ref.flow_interpolate(x0, x1, t)
-    return res if out is None else _check_out(out, x0).copy_(res)
+    return res if out is None else _check_out(out, x0, x0=x0, x1=x1).copy_(res)
 
 
 def euler_step(x, velocity, dt: float, *, out=None):
@@ -459,7 +577,7 @@ def euler_step(x, velocity, dt: float, *, out=None):
     x = _check_image("x", x, ndim4=False)
     velocity = _check_image("velocity", velocity, x, ndim4=False)
     dt = _check_scalar("dt", dt)
-    out = _check_out(out, x)
+    out = _check_out(out, x, x=x, velocity=velocity)
     return torch.add(x, velocity, alpha=dt, out=out)
 
 
@@ -470,7 +588,7 @@ def add_gaussian_noise(x, noise, sigma: float, *, out=None):
     sigma = _check_scalar("sigma", sigma)
     if sigma < 0:
         raise ValueError(f"sigma must be >= 0, got {sigma}")
-    out = _check_out(out, x)
+    out = _check_out(out, x, x=x, noise=noise)
     return torch.add(x, noise, alpha=sigma, out=out)
 
 
@@ -485,18 +603,22 @@ def _check_history(name: str, x, x_t: torch.Tensor, t_name: str, t, abar: torch.
         return None, None
     x = _check_image(name, x, x_t)
     tl = _check_t(t_name, t, x_t.shape[0], abar.numel(), x_t.device, allow_final=False)
-    if isinstance(t, int) and isinstance(t_value, int) and not t > t_value:
-        raise ArgumentError(f"{t_name} must be larger than t (an earlier step), got {t_name}={t}, t={t_value}")
+    _check_order("t", t_value, tt, t_name, t, tl)
     return x, tl
 
 
-def _check_outputs(x_t: torch.Tensor, **outs) -> list:
-    """Allocated or checked ``out=`` buffers; no two of them may be the same memory."""
-    res = [(k, _check_out(v, x_t) if v is not None else None) for k, v in outs.items()]
+def _check_outputs(x_t: torch.Tensor, inputs: dict, **outs) -> list:
+    """Allocated or checked ``out=`` buffers: each may be exactly an input, must not partially
+    overlap one, and no two of them may share memory."""
+    res = [(k, _check_out(v, x_t, k, **inputs) if v is not None else None) for k, v in outs.items()]
     for i, (ka, a) in enumerate([] if _compiling() else res):
         for kb, b in res[i + 1:]:
-            if a is not None and b is not None and a.data_ptr() == b.data_ptr() and a.numel() > 0:
-                raise ArgumentError(f"{ka} and {kb} must be different tensors (both results are written)")
+            if a is not None and b is not None and a.numel() > 0:
+                a0, a1 = _byte_range(a)
+                b0, b1 = _byte_range(b)
+                if a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() and a0 < b1 and b0 < a1:
+                    raise ArgumentError(
+                        f"{ka} and {kb} must be different tensors that share no memory (both are written)")
     return [v if v is not None else torch.empty_like(x_t, memory_format=torch.contiguous_format) for _, v in res]
 
 
@@ -508,7 +630,8 @@ def _dpmpp_2m(x_t, eps_u, eps_c, scale, alphas_cumprod, t, t_prev, x0_prev, t_la
         eps_c = _check_image("eps_cond", eps_c, x_t)
     x0_prev, tl = _check_history("x0_prev", x0_prev, x_t, "t_last", t_last, abar, tt, t)
     clip, ratio, max_value = _check_threshold(clip_x0, dynamic_threshold)
-    out, x0_out = _check_outputs(x_t, out=out, x0_out=x0_out)
+    out, x0_out = _check_outputs(x_t, {"x_t": x_t, ("eps" if eps_c is None else "eps_uncond"): eps_u, "eps_cond": eps_c,
+                                             "x0_prev": x0_prev, "alphas_cumprod": abar}, out=out, x0_out=x0_out)
     _get_op(backend, x_t.device, "dpmpp_2m_step")(
         x_t, eps_u, eps_c, scale, abar, tt, tp, x0_prev, tl, clip, ratio, max_value, out, x0_out)
     return out, x0_out
@@ -558,12 +681,13 @@ def _unipc(x_t, eps_u, eps_c, scale, alphas_cumprod, t, t_prev, x0_prev, t_last,
     if x0_prev2 is not None:
         if x_last is None:
             raise ArgumentError("x0_prev2 is only used by the corrector, which needs x_last")
-        if isinstance(t_last2, int) and isinstance(t_last, int) and not t_last2 > t_last:
-            raise ArgumentError(f"t_last2 must be larger than t_last, got t_last2={t_last2}, t_last={t_last}")
+        _check_order("t_last", t_last, tl, "t_last2", t_last2, tl2)
     if isinstance(predictor_order, bool) or predictor_order not in (1, 2):
         raise ArgumentError(f"predictor_order must be 1 or 2, got {predictor_order!r}")
     clip, ratio, max_value = _check_threshold(clip_x0, dynamic_threshold)
-    out, x0_out, x_corr_out = _check_outputs(x_t, out=out, x0_out=x0_out, x_corr_out=x_corr_out)
+    out, x0_out, x_corr_out = _check_outputs(
+        x_t, {"x_t": x_t, ("eps" if eps_c is None else "eps_uncond"): eps_u, "eps_cond": eps_c, "x0_prev": x0_prev,
+                  "x_last": x_last, "x0_prev2": x0_prev2, "alphas_cumprod": abar}, out=out, x0_out=x0_out, x_corr_out=x_corr_out)
     _get_op(backend, x_t.device, "unipc_step")(
         x_t, eps_u, eps_c, scale, abar, tt, tp, x0_prev, tl, x_last, x0_prev2, tl2, int(predictor_order),
         clip, ratio, max_value, out, x0_out, x_corr_out)
@@ -613,7 +737,7 @@ def heun_step(x, v, v_next, dt: float, *, out=None, backend: str = "auto"):
     v = _check_image("v", v, x, ndim4=False)
     v_next = _check_image("v_next", v_next, x, ndim4=False)
     dt = _check_scalar("dt", dt)
-    out = _check_out(out, x)
+    out = _check_out(out, x, x=x, v=v, v_next=v_next)
     _get_op(backend, x.device, "heun_step")(x, v, v_next, dt, out)
     return out
 

@@ -230,6 +230,10 @@ class _FusedScheduler(SchedulerMixin, ConfigMixin):
         """Run a per-sample functional op on any-rank tensors by viewing them as ``[N, M, 1, 1]``."""
         if not isinstance(timesteps, torch.Tensor):
             timesteps = torch.as_tensor(timesteps)
+        if timesteps.is_floating_point() or timesteps.is_complex() or timesteps.dtype == torch.bool:
+            # diffusers indexes alphas_cumprod with them (an IndexError for floats): never truncate 5.7 to 5
+            raise TypeError(f"timesteps must be integers (an int, a list of ints or an integer tensor), "
+                            f"got {timesteps.dtype}")
         tab = self._tables(a.device)
         n = a.shape[0] if a.ndim else 1
         shape = a.shape

@@ -26,6 +26,15 @@ _DEV_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist"
 if not os.environ.get("DIFFACCEL_MNIST_DIR") and _DEV_MNIST.is_dir():
     os.environ["DIFFACCEL_MNIST_DIR"] = str(_DEV_MNIST)
 
+try:  # property-based tests (tests/test_fuzz.py): fixed and derandomized in CI, no per-example deadline
+    from hypothesis import settings
+
+    settings.register_profile("ci", max_examples=100, derandomize=True, deadline=None, print_blob=True)
+    settings.register_profile("dev", max_examples=40, deadline=None)
+    settings.load_profile("ci" if os.environ.get("CI") else "dev")
+except ImportError:  # the suite skips itself without hypothesis
+    pass
+
 
 def pytest_configure(config):
     # Also declared in pyproject.toml; repeated so this file works when run from elsewhere.

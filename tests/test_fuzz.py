@@ -1,0 +1,483 @@
+"""No silent wrong results from the functional API and the drop-in schedulers.
+
+Two parts. First, the cases that used to give a wrong value or a NaN without an error
+(partial ``out=`` overlap, NaN / Inf scalars, a tensor ``t_prev >= t``, ``alphas_cumprod``
+outside (0, 1], masks outside [0, 1], float scheduler timesteps), each pinned by a test.
+Second, property-based tests (hypothesis) over every op of :mod:`diffaccel.functional` on the
+``torch`` and ``cpp`` backends: random shapes, strides (non-contiguous, channels-last,
+stride-0), overlaps, dtypes, NaN/Inf scalars, out-of-range values and wrong types. The property:
+a call either returns the float64 reference's result within the dtype's tolerance, or raises a
+``ValueError`` / ``TypeError`` from diffaccel's own checks whose message names the argument —
+never a wrong result, never an exception from inside torch.
+
+In CI (``CI`` set) the ``ci`` hypothesis profile of ``tests/conftest.py`` runs a fixed number
+of derandomized examples.
+"""
+from __future__ import annotations
+
+import math
+import traceback
+
+import pytest
+import torch
+
+import diffaccel
+from diffaccel import functional as F
+from diffaccel import reference as ref
+from diffaccel.errors import DiffaccelError
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+BACKENDS = [b for b in diffaccel.available_backends("cpu") if b in ("torch", "cpp")]
+T = 1000
+
+
+def _abar(T: int = T, dtype=torch.float32) -> torch.Tensor:
+    betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
+    return torch.cumprod(1 - betas, 0).to(dtype)
+
+
+ABAR = _abar()
+
+
+# ============================================================================ pinned cases
+# ---------------------------------------------------------------- 1. partial overlap of out=
+def _overlap_calls():
+    """(name, fn(inp, out, backend), input-argument name): ``inp`` and ``out`` overlap partially."""
+    nz = torch.randn(2, 3, 8, 8)
+    e = torch.randn(2, 3, 8, 8)
+    return [
+        ("add_noise", lambda a, o, b: F.add_noise(a, nz, ABAR, 3, out=o, backend=b), "x0"),
+        ("add_noise-noise", lambda a, o, b: F.add_noise(nz, a, ABAR, 3, out=o, backend=b), "noise"),
+        ("predict_x0", lambda a, o, b: F.predict_x0(a, e, ABAR, 300, out=o, backend=b), "x_t"),
+        ("cfg_combine", lambda a, o, b: F.cfg_combine(e, a, 3.0, out=o, backend=b), "eps_cond"),
+        ("gaussian_blur", lambda a, o, b: F.gaussian_blur(a, 5, 1.5, out=o, backend=b), "x"),
+        ("highpass", lambda a, o, b: F.highpass(a, 5, 1.5, out=o, backend=b), "x"),
+        ("hybrid_combine", lambda a, o, b: F.hybrid_combine(e, a, 5, 1.5, out=o, backend=b), "eps_high"),
+        ("ddpm_step-thr", lambda a, o, b: F.ddpm_step(a, e, ABAR, 500, 480, dynamic_threshold=(0.9, 1.5),
+                                                      out=o, backend=b), "x_t"),
+        ("ddpm_step-noise", lambda a, o, b: F.ddpm_step(e, e, ABAR, 500, 480, noise=a, out=o, backend=b), "noise"),
+        ("cfg_ddpm_step", lambda a, o, b: F.cfg_ddpm_step(e, a, e, 2.0, ABAR, 500, 480, out=o, backend=b),
+         "eps_uncond"),
+        ("ddim_step", lambda a, o, b: F.ddim_step(e, a, ABAR, 500, 480, out=o, backend=b), "eps"),
+        ("cfg_ddim_step", lambda a, o, b: F.cfg_ddim_step(e, e, a, 2.0, ABAR, 500, 480, out=o, backend=b),
+         "eps_cond"),
+        ("masked_project", lambda a, o, b: F.masked_project(a, e, torch.ones(8, 8), nz, ABAR, 300, out=o,
+                                                            backend=b), "x_t"),
+        ("heun_step", lambda a, o, b: F.heun_step(a, e, e, 0.1, out=o, backend=b), "x"),
+        ("dpmpp_2m_step", lambda a, o, b: F.dpmpp_2m_step(a, e, ABAR, 500, 480, out=o, backend=b)[0], "x_t"),
+        ("dpmpp_2m_step-x0_out", lambda a, o, b: F.dpmpp_2m_step(e, e, ABAR, 500, 480, x0_prev=a, t_last=520,
+                                                                 x0_out=o, backend=b)[1], "x0_prev"),
+        ("unipc_step-x_corr_out", lambda a, o, b: F.unipc_step(e, e, ABAR, 500, 480, x0_prev=e, t_last=520,
+                                                               x_last=a, x_corr_out=o, backend=b)[2], "x_last"),
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", _overlap_calls(), ids=lambda c: c[0])
+def test_partial_overlap_of_out_and_an_input_is_refused(case, backend):
+    _, fn, arg = case
+    buf = torch.randn(3, 3, 8, 8)
+    with pytest.raises(ValueError, match=rf"(?s)(out|x0_out|x_corr_out).*{arg}|{arg}.*(out|x0_out|x_corr_out)"):
+        fn(buf[0:2], buf[1:3], backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exact_aliasing_of_out_stays_allowed(backend):
+    x = torch.randn(2, 3, 8, 8)
+    nz = torch.randn_like(x)
+    want = ref.add_noise(x.clone(), nz, ABAR, torch.tensor([3, 3]))
+    got = F.add_noise(x, nz, ABAR, 3, out=x, backend=backend)
+    assert got.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(got, want)
+    x = torch.randn(2, 3, 8, 8)
+    want = ref.gaussian_blur(x.clone(), 5, 1.5)
+    torch.testing.assert_close(F.gaussian_blur(x, 5, 1.5, out=x, backend=backend), want)
+
+
+def test_out_buffers_of_a_solver_step_must_not_overlap_each_other():
+    x, e = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    buf = torch.empty(3, 3, 8, 8)
+    with pytest.raises(ValueError, match="out.*x0_out"):
+        F.dpmpp_2m_step(x, e, ABAR, 500, 480, out=buf[0:2], x0_out=buf[1:3])
+
+
+def test_disjoint_views_of_one_buffer_are_fine():
+    buf = torch.randn(4, 3, 8, 8)
+    nz = torch.randn(2, 3, 8, 8)
+    want = ref.add_noise(buf[0:2].clone(), nz, ABAR, torch.tensor([3, 3]))
+    torch.testing.assert_close(F.add_noise(buf[0:2], nz, ABAR, 3, out=buf[2:4]), want)
+
+
+# ---------------------------------------------------------------- 2. NaN / Inf scalars
+def _scalar_calls():
+    x, e = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    return [
+        ("scale", lambda v, b: F.cfg_combine(e, x, v, backend=b)),
+        ("scale", lambda v, b: F.cfg_ddpm_step(x, e, e, v, ABAR, 500, 480, backend=b)),
+        ("scale", lambda v, b: F.cfg_ddim_step(x, e, e, v, ABAR, 500, 480, backend=b)),
+        ("scale", lambda v, b: F.cfg_dpmpp_2m_step(x, e, e, v, ABAR, 500, 480, backend=b)),
+        ("scale", lambda v, b: F.cfg_unipc_step(x, e, e, v, ABAR, 500, 480, backend=b)),
+        ("eta", lambda v, b: F.ddim_step(x, e, ABAR, 500, 480, eta=v, noise=e, backend=b)),
+        ("eta", lambda v, b: F.cfg_ddim_step(x, e, e, 1.0, ABAR, 500, 480, eta=v, noise=e, backend=b)),
+        ("clip_x0", lambda v, b: F.ddpm_step(x, e, ABAR, 500, 480, clip_x0=v, backend=b)),
+        ("dynamic_threshold", lambda v, b: F.ddpm_step(x, e, ABAR, 500, 480, dynamic_threshold=(0.9, v),
+                                                       backend=b)),
+        ("dynamic_threshold", lambda v, b: F.ddpm_step(x, e, ABAR, 500, 480, dynamic_threshold=(v, 1.5),
+                                                       backend=b)),
+        ("dynamic_threshold", lambda v, b: F.dpmpp_2m_step(x, e, ABAR, 500, 480, dynamic_threshold=(0.9, v),
+                                                           backend=b)),
+        ("clip_x0", lambda v, b: F.unipc_step(x, e, ABAR, 500, 480, clip_x0=v, backend=b)),
+        ("sigma", lambda v, b: F.gaussian_blur(x, 5, v, backend=b)),
+        ("sigma", lambda v, b: F.highpass(x, 5, v, backend=b)),
+        ("sigma", lambda v, b: F.hybrid_combine(x, e, 5, v, backend=b)),
+        ("sigma", lambda v, b: F.add_gaussian_noise(x, e, v)),
+        ("dt", lambda v, b: F.euler_step(x, e, v)),
+        ("dt", lambda v, b: F.heun_step(x, e, e, v, backend=b)),
+    ]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", _scalar_calls(), ids=lambda c: c[0])
+def test_non_finite_scalars_are_refused_on_every_backend(case, backend, value):
+    name, fn = case
+    with pytest.raises(ValueError, match=rf"{name}.* must be finite"):
+        fn(value, backend)
+
+
+# ---------------------------------------------------------------- 3. t, alphas_cumprod, masks, schedulers
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", ["ddpm_step", "ddim_step", "dpmpp_2m_step", "unipc_step"])
+def test_tensor_t_prev_not_below_t_is_refused_like_the_int_form(op, backend):
+    x, e = torch.randn(3, 3, 8, 8), torch.randn(3, 3, 8, 8)
+    fn = getattr(F, op)
+    with pytest.raises(ValueError, match="t_prev must be smaller than t"):
+        fn(x, e, ABAR, 500, 500, backend=backend)
+    with pytest.raises(ValueError, match="t_prev must be smaller than t"):
+        fn(x, e, ABAR, torch.tensor([500, 400, 300]), torch.tensor([480, 410, 200]), backend=backend)
+    with pytest.raises(ValueError, match="t_prev must be smaller than t"):
+        fn(x, e, ABAR, 300, torch.tensor([280, 310, 200]), backend=backend)
+
+
+def test_tensor_history_timestep_must_be_earlier():
+    x, e = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="t_last must be larger than t"):
+        F.dpmpp_2m_step(x, e, ABAR, torch.tensor([500, 500]), 480, x0_prev=e, t_last=torch.tensor([520, 500]))
+
+
+def _bad_abars():
+    good = _abar()
+    zero, one, nan, big, neg, inf = (good.clone() for _ in range(6))
+    nan[500] = math.nan
+    big[0] = 1.5
+    neg[-1] = -0.01
+    inf[3] = math.inf
+    return [("nan", nan), ("above 1", big), ("negative", neg), ("inf", inf)]
+
+
+def _abar_calls():
+    x, e = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    return [
+        ("add_noise", lambda a, b: F.add_noise(x, e, a, 3, backend=b)),
+        ("predict_x0", lambda a, b: F.predict_x0(x, e, a, 3, backend=b)),
+        ("ddpm_step", lambda a, b: F.ddpm_step(x, e, a, 10, 5, backend=b)),
+        ("ddim_step", lambda a, b: F.ddim_step(x, e, a, 10, 5, backend=b)),
+        ("masked_project", lambda a, b: F.masked_project(x, e, torch.ones(8, 8), e, a, 3, backend=b)),
+        ("dpmpp_2m_step", lambda a, b: F.dpmpp_2m_step(x, e, a, 10, 5, backend=b)[0]),
+        ("unipc_step", lambda a, b: F.unipc_step(x, e, a, 10, 5, backend=b)[0]),
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", _bad_abars(), ids=lambda c: c[0])
+@pytest.mark.parametrize("case", _abar_calls(), ids=lambda c: c[0])
+def test_alphas_cumprod_outside_0_1_is_refused(case, bad, backend):
+    with pytest.raises(ValueError, match=r"alphas_cumprod .*\[0, 1\]"):
+        case[1](bad[1], backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_alphas_cumprod_of_one_is_allowed_where_the_formula_is_finite(backend):
+    """``abar = 1`` (beta = 0, e.g. a zero first beta or diffusers' appended final entry) is a valid
+    table entry: the forward process and x0 prediction are finite there; a step *from* it is not."""
+    a = _abar().clone()
+    a[0] = 1.0
+    x, e = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(F.add_noise(x, e, a, 0, backend=backend), x)
+    torch.testing.assert_close(F.predict_x0(x, e, a, 0, backend=backend), x)
+    torch.testing.assert_close(F.ddpm_step(x, e, a, 10, 0, backend=backend),
+                               ref.ddpm_step(x, e, a, torch.tensor([10, 10]), torch.tensor([0, 0])))
+    with pytest.raises(ValueError, match=r"t .*alphas_cumprod\[t\] = 1"):
+        F.ddim_step(x, e, a, 0, -1, backend=backend)
+    with pytest.raises(ValueError, match=r"t .*alphas_cumprod\[t\] = 1"):
+        F.ddpm_step(x, e, a, torch.tensor([5, 0]), torch.tensor([-1, -1]), backend=backend)
+
+
+def test_alphas_cumprod_modified_in_place_is_checked_again():
+    a = _abar().clone()
+    x, e = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    F.add_noise(x, e, a, 3)
+    a[3] = math.nan
+    with pytest.raises(ValueError, match="alphas_cumprod"):
+        F.add_noise(x, e, a, 3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("value", [-0.5, 1.5, math.nan, math.inf])
+def test_masks_outside_0_1_are_refused(backend, value):
+    x, e = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    m = torch.rand(8, 8)
+    m[2, 3] = value
+    with pytest.raises(ValueError, match=r"mask .*\[0, 1\]"):
+        F.masked_project(x, e, m, e, ABAR, 300, backend=backend)
+
+
+def test_masks_in_0_1_and_bool_masks_are_fine():
+    x, e = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    for m in (torch.rand(2, 1, 8, 8), torch.rand(8, 8) > 0.5, torch.zeros(8, 8), torch.ones(1, 3, 8, 8)):
+        want = ref.masked_project(x, e, m.float().expand(2, 3, 8, 8), e, ABAR, torch.tensor([300, 300]))
+        torch.testing.assert_close(F.masked_project(x, e, m, e, ABAR, 300), want)
+
+
+@pytest.mark.parametrize("name", ["DDPMScheduler", "DDIMScheduler"])
+def test_scheduler_add_noise_refuses_float_timesteps(name):
+    schedulers = pytest.importorskip("diffaccel.schedulers")
+    s = getattr(schedulers, name)()
+    x, e = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    for ts in (torch.tensor([5.7, 3.0]), [5.7, 3.0], 5.7):
+        with pytest.raises((TypeError, ValueError), match="timesteps"):
+            s.add_noise(x, e, ts)
+    torch.testing.assert_close(s.add_noise(x, e, torch.tensor([5, 3])),
+                               ref.add_noise(x, e, s.alphas_cumprod, torch.tensor([5, 3])))
+
+
+# ============================================================================ properties
+# Argument names a refusal may name, per op (the message must name one of them).
+_NAMES = ("x0", "noise", "x_t", "eps", "eps_uncond", "eps_cond", "scale", "alphas_cumprod", "t", "t_prev",
+          "out", "x", "kernel_size", "sigma", "eps_low", "eps_high", "mask", "x_orig", "eta", "clip_x0",
+          "dynamic_threshold", "variance", "predicted_variance", "backend", "v", "v_next", "dt", "x0_prev",
+          "t_last", "x_last", "x0_out")
+TOL = {torch.float32: 1e-3, torch.float64: 1e-3, torch.float16: 2e-2, torch.bfloat16: 1e-1}
+
+
+@st.composite
+def _image(draw, shape, dtype):
+    """A tensor of ``shape`` in one of the layouts users pass: contiguous, channels-last,
+    transposed (non-contiguous), a stride-0 batch (expanded), or with a NaN / Inf."""
+    layout = draw(st.sampled_from(["contiguous", "channels_last", "transposed", "expanded", "nonfinite"]))
+    n, c, h, w = shape
+    if layout == "transposed":
+        x = torch.randn(n, c, w, h, dtype=torch.float64).transpose(2, 3)
+    elif layout == "expanded":
+        x = torch.randn(1, c, h, w, dtype=torch.float64).expand(n, c, h, w)
+    else:
+        x = torch.randn(shape, dtype=torch.float64)
+    x = x.to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    if layout == "nonfinite":
+        x = x.clone()
+        x.view(-1)[draw(st.integers(0, x.numel() - 1))] = draw(st.sampled_from([math.nan, math.inf]))
+    return x
+
+
+_scalars = st.one_of(st.floats(-3, 8), st.sampled_from([math.nan, math.inf, -math.inf, 0.0, 1.0]),
+                     st.integers(-2, 3), st.sampled_from(["1.5", None, True]))
+
+
+def _timestep(lo=-2, hi=T + 1):
+    return st.one_of(st.integers(lo, hi), st.sampled_from([1.5, "3", None, True]),
+                     st.lists(st.integers(lo, hi), min_size=1, max_size=3).map(torch.tensor))
+
+
+def _is_ours(exc: BaseException) -> bool:
+    """Raised by diffaccel's checks: one of our types, or its innermost frame is in diffaccel."""
+    if isinstance(exc, DiffaccelError):
+        return True
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and "diffaccel" in frames[-1].filename.replace("\\", "/").split("/tests/")[0] \
+        and "/tests/" not in frames[-1].filename
+
+
+def _finite(*xs) -> bool:
+    return all(not isinstance(x, torch.Tensor) or bool(torch.isfinite(x).all()) for x in xs)
+
+
+def _call_checked(fn, want_fn, finite_inputs: bool = False):
+    """The property: fn() matches want_fn() (the reference, from the same inputs) or raises one of
+    our ValueError / TypeError naming an argument. From finite inputs (``finite_inputs``) a result
+    must be finite too: a NaN made from a NaN scalar or a bad schedule is a silent wrong result
+    even where the reference computes the same NaN."""
+    try:
+        got = fn()
+    except (ValueError, TypeError) as e:
+        assert _is_ours(e), f"exception from inside torch, not from diffaccel's checks: {e!r}"
+        msg = str(e)
+        assert any(n in msg for n in _NAMES), f"message names no argument: {msg}"
+        return None
+    want = want_fn()
+    got = got if isinstance(got, tuple) else (got,)
+    if finite_inputs:
+        assert _finite(*got), "finite inputs gave a non-finite result without an error"
+    want = want if isinstance(want, tuple) else (want,)
+    for g, w in zip(got, want):
+        tol = TOL[g.dtype] * (1 + float(w.double().abs().nan_to_num(0, 0, 0).max()) if w.numel() else 1)
+        torch.testing.assert_close(g, w.to(g.dtype), atol=tol, rtol=TOL[g.dtype], equal_nan=True)
+    return got
+
+
+def _long(t, n):
+    return torch.full((n,), t, dtype=torch.int64) if isinstance(t, int) else t.to(torch.int64).reshape(-1).expand(n)
+
+
+_SHAPES = st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(3, 9), st.integers(3, 9))
+_DTYPES = st.sampled_from([torch.float32, torch.float32, torch.float16, torch.bfloat16, torch.float64])
+_FUZZ = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@_FUZZ
+@given(data=st.data(), shape=_SHAPES, dtype=_DTYPES, backend=st.sampled_from(BACKENDS),
+       op=st.sampled_from(["add_noise", "predict_x0", "masked_project"]))
+def test_fuzz_per_sample_ops(data, shape, dtype, backend, op):
+    a = data.draw(_image(shape, dtype), "a")
+    b = data.draw(_image(shape, dtype), "b")
+    t = data.draw(_timestep(), "t")
+    abar = data.draw(st.sampled_from([ABAR, ABAR.double(), ABAR.flip(0) * 1.5, ABAR.half()]), "abar")
+    n = shape[0]
+    out_kind = data.draw(st.sampled_from(["none", "fresh", "in_place", "partial"]), "out")
+    out = None
+    if out_kind == "fresh":
+        out = torch.empty(shape, dtype=dtype)
+    elif out_kind == "in_place" and a.is_contiguous():
+        out = a
+    elif out_kind == "partial":  # a and out: overlapping views of one buffer
+        buf = torch.randn(n + 1, *shape[1:], dtype=torch.float64).to(dtype)
+        a, out = buf[:n], buf[1:]
+    a_in = a.clone()  # the reference reads the inputs as they were before the call
+    if op == "masked_project":
+        m = data.draw(st.sampled_from([torch.rand(shape[2], shape[3]), torch.rand(shape[2], shape[3]) * 2 - 0.5,
+                                       torch.rand(shape[2], shape[3]) > 0.5]), "mask")
+        _call_checked(lambda: F.masked_project(a, b, m, b, abar, t, out=out, backend=backend),
+                      lambda: ref.masked_project(a_in, b, m.to(a.dtype).expand(shape), b, abar.float(), _long(t, n)),
+                      _finite(a, b))
+    else:
+        _call_checked(lambda: getattr(F, op)(a, b, abar, t, out=out, backend=backend),
+                      lambda: getattr(ref, op)(a_in, b, abar.float(), _long(t, n)), _finite(a, b))
+
+
+@_FUZZ
+@given(data=st.data(), shape=_SHAPES, dtype=_DTYPES, backend=st.sampled_from(BACKENDS),
+       op=st.sampled_from(["ddpm_step", "cfg_ddpm_step", "ddim_step", "cfg_ddim_step"]))
+def test_fuzz_steps(data, shape, dtype, backend, op):
+    x = data.draw(_image(shape, dtype), "x_t")
+    e = data.draw(_image(shape, dtype), "eps")
+    noise = data.draw(st.one_of(st.none(), _image(shape, dtype)), "noise")
+    t = data.draw(_timestep(), "t")
+    t_prev = data.draw(_timestep(-3, T), "t_prev")
+    n = shape[0]
+    kw, rkw = {}, {}
+    cfg = op.startswith("cfg_")
+    scale = data.draw(_scalars, "scale") if cfg else 1.0
+    if "ddpm" in op:
+        variance = data.draw(st.sampled_from(["fixed_small", "fixed_large", "learned_range", "bogus"]), "variance")
+        pv = data.draw(_image(shape, dtype), "pv").clamp(-1, 1) if variance == "learned_range" else None
+        thr = data.draw(st.sampled_from(["none", "clip", "dyn"]), "thr")
+        kw = dict(variance=variance, predicted_variance=pv)
+        if thr == "clip":
+            kw["clip_x0"] = data.draw(_scalars, "clip_x0")
+        elif thr == "dyn":
+            kw["dynamic_threshold"] = (data.draw(_scalars, "ratio"), data.draw(_scalars, "max"))
+        rkw = dict(kw)
+        if isinstance(rkw.get("clip_x0"), bool):
+            rkw["clip_x0"] = float(rkw["clip_x0"])
+    else:
+        kw = rkw = dict(eta=data.draw(_scalars, "eta"))
+    fn = getattr(F, op)
+    base = op.removeprefix("cfg_")
+
+    def call():
+        if cfg:
+            return fn(x, e, x, scale, ABAR, t, t_prev, noise=noise, backend=backend, **kw)
+        return fn(x, e, ABAR, t, t_prev, noise=noise, backend=backend, **kw)
+
+    def want():
+        eps = ref.cfg_combine(e.float(), x.float(), scale) if cfg else e
+        return getattr(ref, base)(x, eps, ABAR, _long(t, n), _long(t_prev, n), noise=noise, **rkw)
+
+    _call_checked(call, want, _finite(x, e, noise) and (pv is None or _finite(pv) if "ddpm" in op else True))
+
+
+@_FUZZ
+@given(data=st.data(), shape=_SHAPES, dtype=_DTYPES, backend=st.sampled_from(BACKENDS),
+       op=st.sampled_from(["gaussian_blur", "highpass", "hybrid_combine", "cfg_combine", "heun_step"]))
+def test_fuzz_filters_and_combines(data, shape, dtype, backend, op):
+    a = data.draw(_image(shape, dtype), "a")
+    b = data.draw(_image(shape, dtype), "b")
+    s = data.draw(_scalars, "scalar")
+    if op in ("cfg_combine", "heun_step"):
+        if op == "cfg_combine":
+            _call_checked(lambda: F.cfg_combine(a, b, s, backend=backend), lambda: ref.cfg_combine(a, b, float(s)),
+                          _finite(a, b))
+        else:
+            _call_checked(lambda: F.heun_step(a, b, a, s, backend=backend), lambda: ref.heun_step(a, b, a, float(s)),
+                          _finite(a, b))
+        return
+    k = data.draw(st.one_of(st.integers(-1, 9), st.just(3.0)), "kernel_size")
+    args = (a, b) if op == "hybrid_combine" else (a,)
+    _call_checked(lambda: getattr(F, op)(*args, k, s, backend=backend),
+                  lambda: getattr(ref, op)(*args, k, float(s)), _finite(a, b))
+
+
+@_FUZZ
+@given(data=st.data(), shape=_SHAPES, backend=st.sampled_from(BACKENDS),
+       op=st.sampled_from(["dpmpp_2m_step", "unipc_step", "cfg_dpmpp_2m_step", "cfg_unipc_step"]))
+def test_fuzz_solver_steps(data, shape, backend, op):
+    dtype = torch.float32
+    x = data.draw(_image(shape, dtype), "x_t")
+    e = data.draw(_image(shape, dtype), "eps")
+    t = data.draw(_timestep(0, T - 1), "t")
+    t_prev = data.draw(_timestep(-1, T - 1), "t_prev")
+    hist = data.draw(st.booleans(), "history")
+    t_last = data.draw(_timestep(0, T - 1), "t_last") if hist else None
+    x0_prev = data.draw(_image(shape, dtype), "x0_prev") if hist else None
+    thr = data.draw(st.sampled_from([{}, {"clip_x0": 1.0}, {"dynamic_threshold": (0.9, 1.5)}]), "thr")
+    n = shape[0]
+    cfg = op.startswith("cfg_")
+    scale = data.draw(_scalars, "scale") if cfg else 1.0
+    fn = getattr(F, op)
+    base = getattr(ref, op.removeprefix("cfg_"))
+
+    def call():
+        lead = (x, e, x, scale) if cfg else (x, e)
+        return fn(*lead, ABAR, t, t_prev, x0_prev=x0_prev, t_last=t_last, backend=backend, **thr)
+
+    def want():
+        eps = ref.cfg_combine(e.float(), x.float(), float(scale)) if cfg else e
+        res = base(x, eps, ABAR, _long(t, n), _long(t_prev, n), x0_prev=x0_prev,
+                   t_last=None if t_last is None else _long(t_last, n), **thr)
+        return res
+
+    _call_checked(call, want, _finite(x, e, x0_prev))
+
+
+@_FUZZ
+@given(data=st.data(), n=st.integers(1, 3), name=st.sampled_from(["DDPMScheduler", "DDIMScheduler"]))
+def test_fuzz_scheduler_add_noise_and_step(data, n, name):
+    schedulers = pytest.importorskip("diffaccel.schedulers")
+    s = getattr(schedulers, name)(clip_sample=False)
+    s.set_timesteps(10)
+    x = data.draw(_image((n, 2, 4, 4), torch.float32), "x")
+    e = data.draw(_image((n, 2, 4, 4), torch.float32), "e")
+    ts = data.draw(st.one_of(st.lists(st.integers(-2, 1001), min_size=n, max_size=n).map(torch.tensor),
+                             st.lists(st.floats(0, 999), min_size=n, max_size=n).map(torch.tensor)), "timesteps")
+    _call_checked(lambda: s.add_noise(x, e, ts),
+                  lambda: ref.add_noise(x, e, s.alphas_cumprod, ts))
+    diffusers = pytest.importorskip("diffusers")
+    theirs = getattr(diffusers, name)(clip_sample=False)
+    theirs.set_timesteps(10)
+    t = data.draw(st.sampled_from([int(v) for v in s.timesteps]), "t")
+    _call_checked(lambda: s.step(e, t, x, generator=torch.Generator().manual_seed(0)).prev_sample,
+                  lambda: theirs.step(e, t, x, generator=torch.Generator().manual_seed(0)).prev_sample)
