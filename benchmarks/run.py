@@ -63,6 +63,7 @@ class Spec:
     shape: Optional[tuple] = None  # a fixed shape, else derived from --numel
     baseline: Optional[Callable[..., torch.Tensor]] = None
     baseline_name: str = ""
+    outputs: int = 1  # results written; api gets ``out`` as a list of this many when > 1
 
 
 def _images(*names, mask=False, pv=False):
@@ -82,6 +83,52 @@ def _images(*names, mask=False, pv=False):
         return d
 
     return make
+
+
+def _solver_images(*names):
+    """Inputs of a multistep solver step: images + history timesteps t_last = t + 30, t_last2 = t + 60."""
+    base = _images(*names)
+
+    def make(shape, dtype, device):
+        d = base(shape, dtype, device)
+        t = torch.linspace(30, T - 61, shape[0]).long().to(device)
+        d["t"], d["t_prev"], d["t_last"], d["t_last2"] = t, t - 30, t + 30, t + 60
+        return d
+
+    return make
+
+
+def _solver_specs() -> List[Spec]:
+    """DPM-Solver++(2M) and UniPC steps with their full history (second order, corrector of order 2)."""
+    th = dict(dynamic_threshold=THRESHOLD)
+    hist = lambda d: dict(x0_prev=d["x0p"], t_last=d["t_last"])  # noqa: E731
+    hist2 = lambda d: dict(x0_prev=d["x0p"], t_last=d["t_last"], x_last=d["xl"], x0_prev2=d["x0p2"],  # noqa: E731
+                           t_last2=d["t_last2"])
+    outs = lambda out, *names: {} if out is None else dict(zip(names, out))  # noqa: E731
+    dpm_out, uni_out = ("out", "x0_out"), ("out", "x0_out", "x_corr_out")
+    return [
+        Spec("dpmpp_2m_step", _solver_images("x", "eps", "x0p"),
+             lambda **d: ref.dpmpp_2m_step(d["x"], d["eps"], d["abar"], d["t"], d["t_prev"], **hist(d)),
+             lambda b, out, **d: F.dpmpp_2m_step(d["x"], d["eps"], d["abar"], d["t"], d["t_prev"], **hist(d),
+                                                 backend=b, **outs(out, *dpm_out)), 5, outputs=2),
+        Spec("cfg_dpmpp_2m_step_if", _solver_images("x", "eu", "ec", "x0p"),
+             lambda **d: ref.dpmpp_2m_step(d["x"], ref.cfg_combine(d["eu"], d["ec"], SCALE), d["abar"], d["t"],
+                                           d["t_prev"], **hist(d), **th),
+             lambda b, out, **d: F.cfg_dpmpp_2m_step(d["x"], d["eu"], d["ec"], SCALE, d["abar"], d["t"], d["t_prev"],
+                                                     **hist(d), **th, backend=b, **outs(out, *dpm_out)), 6, outputs=2),
+        Spec("unipc_step", _solver_images("x", "eps", "x0p", "xl", "x0p2"),
+             lambda **d: ref.unipc_step(d["x"], d["eps"], d["abar"], d["t"], d["t_prev"], **hist2(d)),
+             lambda b, out, **d: F.unipc_step(d["x"], d["eps"], d["abar"], d["t"], d["t_prev"], **hist2(d),
+                                              backend=b, **outs(out, *uni_out)), 8, outputs=3),
+        Spec("cfg_unipc_step_if", _solver_images("x", "eu", "ec", "x0p", "xl", "x0p2"),
+             lambda **d: ref.unipc_step(d["x"], ref.cfg_combine(d["eu"], d["ec"], SCALE), d["abar"], d["t"],
+                                        d["t_prev"], **hist2(d), **th),
+             lambda b, out, **d: F.cfg_unipc_step(d["x"], d["eu"], d["ec"], SCALE, d["abar"], d["t"], d["t_prev"],
+                                                  **hist2(d), **th, backend=b, **outs(out, *uni_out)), 9, outputs=3),
+        Spec("heun_step", _images("x", "v", "w"),
+             lambda x, v, w, abar, t, t_prev: ref.heun_step(x, v, w, 0.05),
+             lambda b, out, x, v, w, abar, t, t_prev: F.heun_step(x, v, w, 0.05, out=out, backend=b), 4),
+    ]
 
 
 def _blur_inputs(shape, dtype, device):
@@ -148,7 +195,7 @@ def _specs() -> List[Spec]:
              lambda b, out, x, y: F.gaussian_blur(x, 33, 2.0, out=out, backend=b), 2,
              shape=(8, 3, 256, 256),
              baseline=lambda x, y: ref.gaussian_blur_conv2d(x, 33, 2.0), baseline_name="conv2d 33x33"),
-    ]
+    ] + _solver_specs()
 
 
 SPECS = {s.name: s for s in _specs()}
@@ -278,6 +325,8 @@ def run_spec(spec: Spec, backends: List[str], shape: tuple, dtype: torch.dtype, 
     rows = []
     for b in backends:
         out = torch.empty(shape, dtype=dtype, device=device)
+        if spec.outputs > 1:
+            out = [out] + [torch.empty(shape, dtype=dtype, device=device) for _ in range(spec.outputs - 1)]
         op = timer(lambda: spec.api(b, None, **inputs))
         op_out = timer(lambda: spec.api(b, out, **inputs))
         gbps = moved / op_out / 1e9

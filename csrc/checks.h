@@ -84,6 +84,33 @@ inline void check_step_schedule(const at::Tensor& x, const at::Tensor& abar, con
   check_timesteps("t_prev", t_prev, x, abar.numel(), -1);
 }
 
+// Dynamic thresholding options: ratio <= 0 is off, else ratio in (0, 1] and max_value >= 1.
+inline void check_threshold_options(double threshold_ratio, double threshold_max) {
+  TORCH_CHECK_VALUE(threshold_ratio <= 0 || (threshold_ratio <= 1 && threshold_max >= 1),
+                    "diffaccel: dynamic thresholding needs ratio in (0, 1] and max_value >= 1, got ratio ",
+                    threshold_ratio, ", max_value ", threshold_max);
+}
+
+// The history of a multistep solver step (dpmpp_2m_step, unipc_step): x0_prev with t_last,
+// x_last only with x0_prev, x0_prev2 with t_last2 and only with x_last; history timesteps in
+// [0, T); predictor_order 1 or 2. The x0/x tensors themselves are checked with check_like.
+inline void check_solver_history(const at::Tensor& x, const at::Tensor& abar, const std::optional<at::Tensor>& x0_prev,
+                                 const std::optional<at::Tensor>& t_last, const std::optional<at::Tensor>& x_last,
+                                 const std::optional<at::Tensor>& x0_prev2, const std::optional<at::Tensor>& t_last2,
+                                 int64_t predictor_order) {
+  TORCH_CHECK_VALUE(x0_prev.has_value() == t_last.has_value(),
+                    "diffaccel: x0_prev and t_last must be given together (a history entry and its timestep)");
+  TORCH_CHECK_VALUE(x0_prev2.has_value() == t_last2.has_value(),
+                    "diffaccel: x0_prev2 and t_last2 must be given together (a history entry and its timestep)");
+  TORCH_CHECK_VALUE(!x_last.has_value() || x0_prev.has_value(), "diffaccel: x_last needs x0_prev and t_last");
+  TORCH_CHECK_VALUE(!x0_prev2.has_value() || x_last.has_value(),
+                    "diffaccel: x0_prev2 is only used by the corrector, which needs x_last");
+  TORCH_CHECK_VALUE(predictor_order == 1 || predictor_order == 2, "diffaccel: predictor_order must be 1 or 2, got ",
+                    predictor_order);
+  if (t_last.has_value()) check_timesteps("t_last", *t_last, x, abar.numel(), 0);
+  if (t_last2.has_value()) check_timesteps("t_last2", *t_last2, x, abar.numel(), 0);
+}
+
 // ddpm_step's scalar options, decoded once (see the schema in diffaccel.cpp).
 inline void check_ddpm_options(int64_t variance_type, const std::optional<at::Tensor>& predicted_variance,
                                double threshold_ratio, double threshold_max) {
@@ -92,9 +119,7 @@ inline void check_ddpm_options(int64_t variance_type, const std::optional<at::Te
                     variance_type);
   TORCH_CHECK_VALUE(variance_type != 2 || predicted_variance.has_value(),
                     "diffaccel: variance_type 2 (learned_range) needs predicted_variance");
-  TORCH_CHECK_VALUE(threshold_ratio <= 0 || (threshold_ratio <= 1 && threshold_max >= 1),
-                    "diffaccel: dynamic thresholding needs ratio in (0, 1] and max_value >= 1, got ratio ",
-                    threshold_ratio, ", max_value ", threshold_max);
+  check_threshold_options(threshold_ratio, threshold_max);
 }
 
 // mask for masked_project: 4-D (N or 1, 1 or C, H, W), x's dtype and device, contiguous.

@@ -30,6 +30,24 @@ TORCH_LIBRARY(diffaccel, m) {
   m.def(
       "ddim_step(Tensor x_t, Tensor eps_uncond, Tensor? eps_cond, float scale, Tensor alphas_cumprod, "
       "Tensor t, Tensor t_prev, float eta, Tensor? noise, Tensor(a!) out) -> ()");
+  // Multistep solvers, data prediction, on eps = eps_uncond (eps_cond None) or the CFG combine;
+  // x0 = thr(predict_x0) as ddpm_step's clip_x0 / threshold_*; t_prev = -1: the final step.
+  // DPM-Solver++(2M) (Lu et al. 2022, midpoint form): second order with x0_prev (at t_last).
+  // Writes x_prev into out and x0 into x0_out.
+  m.def(
+      "dpmpp_2m_step(Tensor x_t, Tensor eps_uncond, Tensor? eps_cond, float scale, Tensor alphas_cumprod, "
+      "Tensor t, Tensor t_prev, Tensor? x0_prev, Tensor? t_last, float clip_x0, float threshold_ratio, "
+      "float threshold_max, Tensor(a!) out, Tensor(b!) x0_out) -> ()");
+  // UniPC, B(h) = expm1(-h) (Zhao et al. 2023): the corrector UniC when x_last is given (order 2
+  // with x0_prev2 at t_last2), then the predictor UniP of predictor_order (1 or 2). Writes x_prev,
+  // x0 and the corrected sample into out, x0_out, x_corr_out.
+  m.def(
+      "unipc_step(Tensor x_t, Tensor eps_uncond, Tensor? eps_cond, float scale, Tensor alphas_cumprod, "
+      "Tensor t, Tensor t_prev, Tensor? x0_prev, Tensor? t_last, Tensor? x_last, Tensor? x0_prev2, "
+      "Tensor? t_last2, int predictor_order, float clip_x0, float threshold_ratio, float threshold_max, "
+      "Tensor(a!) out, Tensor(b!) x0_out, Tensor(c!) x_corr_out) -> ()");
+  // Flow matching, second-order Heun: out = x + dt/2 (v + v_next).
+  m.def("heun_step(Tensor x, Tensor v, Tensor v_next, float dt, Tensor(a!) out) -> ()");
   // SPEC A1.2 / A1.9: out = blur(low) + (high - blur(high)), separable, reflect padding.
   m.def("gaussian_filter(Tensor? low, Tensor? high, int kernel_size, float sigma, Tensor(a!) out) -> ()");
   // SPEC A1.7.2: out = mask x_t + (1 - mask) add_noise(x_orig, noise, t); mask (N|1, C|1, H, W).

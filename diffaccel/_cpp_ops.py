@@ -11,12 +11,38 @@ have nothing to compute: ``torch.compile`` traces the ops through ``auto_functio
 """
 from __future__ import annotations
 
-import torch
-
 import importlib.util
+
+import torch
 
 if importlib.util.find_spec("diffaccel._C") is None:
     raise ImportError("diffaccel._C is not built; build it with `pip install --no-build-isolation -e .`")
+
+
+def build_mismatch(info, torch_version: str):
+    """Why the extension described by ``info`` (``diffaccel._build_info``, written by setup.py
+    next to the library) cannot serve the loaded torch, or None when it can.
+
+    C++ extensions have no stable ABI across torch releases: one built against another torch may
+    fail to load, or load and misbehave. The recorded version must equal the loaded one exactly
+    (local build tags such as ``+cpu`` / ``+cu130`` included). A build without the record (older
+    builds) is not refused here; loading it still fails cleanly on a missing symbol.
+    """
+    built = getattr(info, "TORCH_VERSION", None)
+    if info is None or built is None or built == torch_version:
+        return None
+    return (f"diffaccel._C was built against torch {built} but torch {torch_version} is loaded; "
+            "rebuild it against this torch: `pip install --no-build-isolation --force-reinstall --no-deps "
+            "diffaccel` (or `pip install --no-build-isolation -e .` in a checkout)")
+
+
+try:
+    from . import _build_info
+except ImportError:  # built before the record existed, or by CMake / build_ext without setup.py's command
+    _build_info = None
+_mismatch = build_mismatch(_build_info, torch.__version__)
+if _mismatch:
+    raise ImportError(_mismatch)
 try:
     from . import _C  # noqa: F401  (loading the library registers torch.ops.diffaccel.*)
 except ImportError as e:  # built, but not loadable here (ABI / torch version mismatch)
@@ -24,6 +50,9 @@ except ImportError as e:  # built, but not loadable here (ABI / torch version mi
                       "`pip install --no-build-isolation -e .` against this torch") from e
 
 _OPS = ("add_noise", "predict_x0", "cfg_combine", "ddpm_step", "ddim_step", "gaussian_filter", "masked_project")
+# Ops an extension built from an older tree may lack (functional.py then falls back to the reference
+# under backend="auto"): registered, and used, only where the loaded library defines them.
+_SOLVER_OPS = ("dpmpp_2m_step", "unipc_step", "heun_step")
 
 
 def _check_cpu_isa() -> None:
@@ -43,8 +72,20 @@ def _fake(*args, **kwargs):
     return None
 
 
-for _name in _OPS:
-    torch.library.register_fake(f"diffaccel::{_name}")(_fake)
+def _kernel_keys(name: str) -> frozenset:
+    """The dispatch keys ("CPU", "CUDA") with a kernel for diffaccel::name in the loaded library."""
+    try:
+        return frozenset(k for k in ("CPU", "CUDA")
+                         if torch._C._dispatch_has_kernel_for_dispatch_key(f"diffaccel::{name}", k))
+    except RuntimeError:  # no such op in this build
+        return frozenset()
+
+
+_KERNELS = {name: _kernel_keys(name) for name in _OPS + _SOLVER_OPS}
+
+for _name in _OPS + _SOLVER_OPS:
+    if _KERNELS[_name]:
+        torch.library.register_fake(f"diffaccel::{_name}")(_fake)
 
 
 # The CPU Winograd convolution of the MNIST UNet (csrc/cpu/conv_ops.cpp) returns new tensors.
@@ -79,6 +120,11 @@ class Backend:
         return device.type == "cuda" and has_cuda_kernels()
 
     @staticmethod
+    def has_op(name: str, device: torch.device) -> bool:
+        """Whether this build has a kernel of ``name`` for ``device`` (see _SOLVER_OPS)."""
+        return ("CUDA" if device.type == "cuda" else "CPU") in _KERNELS.get(name, ())
+
+    @staticmethod
     def add_noise(x0, noise, abar, t, out):
         _ops.add_noise(x0, noise, abar, t, out)
 
@@ -99,6 +145,22 @@ class Backend:
     @staticmethod
     def ddim_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, eta, noise, out):
         _ops.ddim_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, eta, noise, out)
+
+    @staticmethod
+    def dpmpp_2m_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, clip_x0, th_ratio, th_max,
+                      out, x0_out):
+        _ops.dpmpp_2m_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, clip_x0, th_ratio, th_max,
+                           out, x0_out)
+
+    @staticmethod
+    def unipc_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, x_last, x0_prev2, t_last2,
+                   predictor_order, clip_x0, th_ratio, th_max, out, x0_out, x_corr_out):
+        _ops.unipc_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, x_last, x0_prev2, t_last2,
+                        predictor_order, clip_x0, th_ratio, th_max, out, x0_out, x_corr_out)
+
+    @staticmethod
+    def heun_step(x, v, v_next, dt, out):
+        _ops.heun_step(x, v, v_next, dt, out)
 
     @staticmethod
     def gaussian_filter(low, high, kernel_size, sigma, out):

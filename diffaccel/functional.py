@@ -127,7 +127,8 @@ def _get_op(backend: str, device: torch.device, op: str):
     lacks it: "auto" then uses the reference, an explicit choice is an error."""
     be = _get_backend(backend, device)
     fn = getattr(be, op, None)
-    if fn is not None:
+    has_op = getattr(be, "has_op", None)
+    if fn is not None and (has_op is None or has_op(op, device)):
         return fn
     if backend == "auto":
         return getattr(_TorchBackend, op)

@@ -265,6 +265,37 @@ def unipc_bh2_corrector_weights(h, rk=None):
     return rho0, b1 - rho0
 
 
+def solver_weights(alphas_cumprod, t, t_prev, t_last=None, t_last2=None, corrector: bool = False,
+                   second_order: bool = True) -> torch.Tensor:
+    """The per-sample weights of :func:`unipc_step` (and :func:`dpmpp_2m_step`, its predictor
+    without corrector) as a float32 ``[N, 7]`` tensor ``(cs, ca, r1, rt, ps, pa, pk)``, computed
+    in float64 (the fused kernels use these; csrc/schedule.h computes the same on the host):
+    ``x_corr = cs x_last - ca (m0 + r1 (m1 - m0) + rt (x0 - m0))`` (with ``corrector``; order 2
+    when ``t_last2`` is given), ``x_prev = ps x_corr - pa (x0 + pk (x0_prev - x0))`` (``pk = 0``:
+    first order, always at ``t_prev = -1``).
+    """
+    a_t, s_t, l_t = alpha_sigma_lambda(alphas_cumprod, t)
+    zero = torch.zeros_like(l_t)
+    cs = ca = r1 = rt = zero
+    if corrector:
+        _, s_0, l_0 = alpha_sigma_lambda(alphas_cumprod, t_last)
+        h = l_t - l_0
+        cs, ca = s_t / s_0, a_t * torch.expm1(-h)
+        if t_last2 is not None:
+            rk = (alpha_sigma_lambda(alphas_cumprod, t_last2)[2] - l_0) / h
+            rho_1, rt = unipc_bh2_corrector_weights(h, rk)
+            r1 = rho_1 / rk
+        else:
+            rt = unipc_bh2_corrector_weights(h)[1]
+    a_p, s_p, l_p = alpha_sigma_lambda(alphas_cumprod, t_prev)
+    h = l_p - l_t
+    pk = zero
+    if second_order and t_last is not None:
+        rk = (alpha_sigma_lambda(alphas_cumprod, t_last)[2] - l_t) / h
+        pk = torch.where(t_prev >= 0, 0.5 / rk, zero)  # t_prev = -1: first order
+    return torch.stack([cs, ca, r1, rt, s_p / s_t, a_p * torch.expm1(-h), pk], dim=1).to(torch.float32)
+
+
 def unipc_step(x_t, eps, alphas_cumprod, t, t_prev, x0_prev=None, t_last=None, x_last=None, x0_prev2=None,
                t_last2=None, predictor_order: int = 2, clip_x0=None, dynamic_threshold=None):
     """UniPC t -> t_prev with B(h) = expm1(-h) ("bh2"), data prediction (Zhao et al. 2023).
@@ -281,30 +312,19 @@ def unipc_step(x_t, eps, alphas_cumprod, t, t_prev, x0_prev=None, t_last=None, x
     """
     nd = x_t.ndim
     x0 = _thresholded_x0(x_t, eps, alphas_cumprod, t, clip_x0, dynamic_threshold)
-    a_t, s_t, l_t = alpha_sigma_lambda(alphas_cumprod, t)
+    w = solver_weights(alphas_cumprod, t, t_prev, t_last if x0_prev is not None else None,
+                       t_last2 if x0_prev2 is not None else None, corrector=x_last is not None,
+                       second_order=predictor_order == 2)
+    cs, ca, r1, rt, ps, pa, pk = (_per_sample(w[:, i], nd) for i in range(7))
     x_corr = x_t.float()
     if x_last is not None:
-        a_0, s_0, l_0 = alpha_sigma_lambda(alphas_cumprod, t_last)
-        h = l_t - l_0
         m0 = x0_prev.float()
+        corr = rt * (x0 - m0)
         if x0_prev2 is not None:
-            _, _, l_1 = alpha_sigma_lambda(alphas_cumprod, t_last2)
-            rk = (l_1 - l_0) / h
-            rho_1, rho_t = unipc_bh2_corrector_weights(h, rk)
-            corr = _f32(rho_1 / rk, nd) * (x0_prev2.float() - m0) + _f32(rho_t, nd) * (x0 - m0)
-        else:
-            _, rho_t = unipc_bh2_corrector_weights(h)
-            corr = _f32(rho_t, nd) * (x0 - m0)
-        x_corr = _f32(s_t / s_0, nd) * x_last.float() - _f32(a_t * torch.expm1(-h), nd) * (m0 + corr)
-    a_p, s_p, l_p = alpha_sigma_lambda(alphas_cumprod, t_prev)
-    h = l_p - l_t
-    d = x0
-    if predictor_order == 2 and x0_prev is not None:
-        _, _, l_l = alpha_sigma_lambda(alphas_cumprod, t_last)
-        rk = (l_l - l_t) / h
-        k = _f32(torch.where(t_prev >= 0, 0.5 / rk, torch.zeros_like(rk)), nd)  # t_prev = -1: first order
-        d = x0 + k * (x0_prev.float() - x0)
-    x_prev = _f32(s_p / s_t, nd) * x_corr - _f32(a_p * torch.expm1(-h), nd) * d
+            corr = corr + r1 * (x0_prev2.float() - m0)
+        x_corr = cs * x_last.float() - ca * (m0 + corr)
+    d = x0 if x0_prev is None else x0 + pk * (x0_prev.float() - x0)
+    x_prev = ps * x_corr - pa * d
     return x_prev.to(x_t.dtype), x0.to(x_t.dtype), x_corr.to(x_t.dtype)
 
 
@@ -317,6 +337,6 @@ __all__ = [
     "VARIANCE_TYPES", "gather_abar", "add_noise", "predict_x0", "cfg_combine",
     "dynamic_threshold_", "ddpm_step", "ddim_step", "gaussian_kernel1d", "gaussian_blur",
     "highpass", "hybrid_combine", "masked_project", "gaussian_blur_conv2d", "flow_interpolate",
-    "alpha_sigma_lambda", "threshold_x0", "dpmpp_2m_step", "unipc_bh2_corrector_weights", "unipc_step",
+    "alpha_sigma_lambda", "threshold_x0", "dpmpp_2m_step", "unipc_bh2_corrector_weights", "solver_weights", "unipc_step",
     "heun_step",
 ]

@@ -335,3 +335,205 @@ def test_part_a_on_if(if_model, tmp_path, monkeypatch, capsys):
                                   if_model / "embeds.pth", "--out", tmp_path / "x")
     assert "embeddings file not found" in error_of(capsys, "sample", "--model", if_model / "stage1", "--embeds",
                                                    tmp_path / "none.pth", "--out", tmp_path / "x")
+
+
+# ----------------------------------------------------------------------------- errors a person can act on
+def one_line_error(capsys, *argv) -> str:
+    """The command exits with 2 and prints exactly one line, ``... error: ...``."""
+    err = error_of(capsys, *argv)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line, got:\n{err}"
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_decompression_bomb_image(tmp_path, digit_png, monkeypatch, capsys):
+    from PIL import Image as PILImage
+
+    # Pillow refuses images over 2 x MAX_IMAGE_PIXELS: lower the limit instead of writing a huge file
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)
+    err = one_line_error(capsys, "forward", "--model", "tiny_class", "--image", digit_png, "--out", tmp_path / "o")
+    assert "--image" in err and "too large" in err and "digit.png" in err
+    err = one_line_error(capsys, "inpaint", "--model", "tiny_class", "--image", digit_png, "--mask", digit_png,
+                         "--out", tmp_path / "o")
+    assert "too large" in err and "digit.png" in err
+
+
+@pytest.mark.parametrize("device", ["banana", "cuda:x"])
+def test_device_that_does_not_exist(tmp_path, device, capsys):
+    err = one_line_error(capsys, "mnist", "sample", "--model", "tiny_class", "--device", device,
+                         "--out", tmp_path / "x.png")
+    assert "--device" in err and "not a torch device" in err
+    err = one_line_error(capsys, "sample", "--model", "tiny_class", "--device", device, "--out", tmp_path / "o")
+    assert "--device" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where CUDA is not usable")
+def test_device_cuda_without_cuda(tmp_path, capsys):
+    for argv in (["mnist", "sample", "--model", "tiny_class", "--out", tmp_path / "x.png"],
+                 ["mnist", "train", "--preset", "ddpm_class", "--out", tmp_path / "run"],
+                 ["cfg", "--model", "tiny_class", "--out", tmp_path / "o"]):
+        err = one_line_error(capsys, *argv, "--device", "cuda")
+        assert "--device" in err and "'cuda'" in err and "use --device cpu" in err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_guidance_scale_must_be_finite(tmp_path, digit_png, value, capsys):
+    err = one_line_error(capsys, "mnist", "sample", "--model", "tiny_class", f"--guidance-scale={value}",
+                         "--out", tmp_path / "x.png")
+    assert "--guidance-scale" in err and "finite" in err
+    err = one_line_error(capsys, "sdedit", "--model", "tiny_class", "--image", digit_png, f"--guidance-scale={value}",
+                         "--out", tmp_path / "sd")
+    assert "--guidance-scale" in err and "finite" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_run_folder_without_config_json(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "model.safetensors").write_bytes(b"")
+    for argv in (["mnist", "sample", "--model", run_dir, "--out", tmp_path / "x.png"],
+                 ["mnist", "eval", "--model", run_dir],
+                 ["sample", "--model", run_dir, "--out", tmp_path / "o"]):
+        err = one_line_error(capsys, *argv)
+        assert "config.json" in err and "unknown pretrained" not in err
+
+
+def test_weights_of_another_model(tmp_path, weights_dir, small_mnist, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    small = TrainConfig(task="ddpm", conditioning="class", hidden=4)
+    (run_dir / "config.json").write_text(json.dumps({"train_config": asdict(small),
+                                                     "model_config": small.model_config().to_dict()}))
+    other = UNet(TrainConfig(task="ddpm", conditioning="time", hidden=8).model_config())
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(run_dir / "model.safetensors"))
+    for argv in (["mnist", "sample", "--model", run_dir, "--out", tmp_path / "x.png"],
+                 ["cfg", "--model", run_dir, "--out", tmp_path / "o"]):
+        err = one_line_error(capsys, *argv)
+        assert "model.safetensors" in err and "another model" in err and "missing" in err and "shape" in err
+    # a classifier file holding a UNet
+    err = one_line_error(capsys, "mnist", "eval", "--model", "tiny_class", "--classifier",
+                         run_dir / "model.safetensors")
+    assert "model.safetensors" in err and "another model" in err and "DigitClassifier" in err
+
+
+def test_bad_embeddings_files(if_model, tmp_path, monkeypatch, capsys):
+    import os
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return os.mkdir, (str(marker),)
+
+    bad = {"malicious.pth": lambda p: torch.save({"a dog": Payload()}, p),
+           "empty.pth": lambda p: p.write_bytes(b""),
+           "garbage.pth": lambda p: p.write_bytes(b"PK\x03\x04" + b"x" * 64),
+           "garbage.safetensors": lambda p: p.write_bytes(b"xx"),
+           "intkeys.pth": lambda p: torch.save({0: torch.zeros(1, 77, E), 1: torch.zeros(1, 77, E)}, p)}
+    expect = {"malicious.pth": "refused without running them", "empty.pth": "empty or truncated",
+              "garbage.pth": "not a torch-saved file", "garbage.safetensors": "not a readable safetensors file",
+              "intkeys.pth": "found int key(s) [0, 1]"}
+    for name, make in bad.items():
+        p = tmp_path / name
+        make(p)
+        err = one_line_error(capsys, "sample", "--model", if_model / "stage1", "--embeds", p, "--out", tmp_path / "o")
+        assert name in err and expect[name] in err, err
+    assert not marker.exists()  # the pickle's payload never ran
+
+
+def test_user_errors_versus_bugs(tmp_path, monkeypatch, capsys):
+    """A raise statement of the package is a user error; the same types from elsewhere keep their traceback."""
+    from diffaccel import imageio
+    from diffaccel.cli.main import is_user_error
+    from diffaccel.mnist.checkpoint import load_json
+    from diffaccel.report.partb import _sampling_gif
+
+    def caught(fn, *a):
+        try:
+            fn(*a)
+        except Exception as e:  # noqa: BLE001 - the classification under test
+            return e
+        raise AssertionError(f"{fn.__name__} did not raise")
+
+    assert is_user_error(caught(imageio.display_scale, 0))  # a DiffaccelError
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text("{")
+    assert is_user_error(caught(load_json, garbage))  # a plain ValueError raised by the package's own check
+    assert not is_user_error(caught(load_json, tmp_path / "missing.json"))  # FileNotFoundError from pathlib
+    assert not is_user_error(caught(torch.zeros(2).view, 3))  # RuntimeError from torch
+    assert not is_user_error(caught(_sampling_gif, None, "no-such-section", []))  # KeyError from a dict lookup
+    assert not is_user_error(caught(lambda: int("x")))  # ValueError outside the package
+
+    def buggy():
+        raise ValueError("a bug in a command")
+
+    monkeypatch.setattr(pretrained, "list_pretrained", buggy)
+    with pytest.raises(ValueError, match="a bug in a command"):
+        cli.main(["mnist", "list"])
+
+
+# ----------------------------------------------------------------------------- flags for library features
+def test_sampler_flag_passes_through_only_when_given(tmp_path, monkeypatch, capsys):
+    from diffaccel.cli.common import SAMPLERS
+    from diffaccel.mnist import sampling
+    from diffaccel.pipelines import techniques
+
+    assert SAMPLERS == ("ddpm", "ddim", "dpmpp_2m", "unipc", "euler", "heun")
+    calls = []
+    real = sampling.sample
+
+    def fake(model, labels=None, n=None, guidance_scale=5.0, num_steps=None, seed=0, *, sampler="ddpm", **kw):
+        calls.append(sampler)
+        return real(model, labels, n, guidance_scale, num_steps, seed, **kw)
+
+    monkeypatch.setattr(sampling, "sample", fake)
+    for extra, want in (([], "ddpm"), (["--sampler", "unipc"], "unipc")):
+        calls.clear()
+        run("mnist", "sample", "--model", "tiny_class", "--n", "2", "--num-steps", "2", "--no-progress", *extra,
+            "--out", tmp_path / "s.safetensors")
+        assert calls == [want]
+    assert "invalid choice" in error_of(capsys, "mnist", "sample", "--model", "tiny_class", "--sampler", "plms",
+                                        "--out", tmp_path / "s.png")
+
+    seen = {}
+    real_sample = techniques.sample
+
+    def with_sampler(*a, sampler="ddpm", **kw):
+        seen["sampler"] = sampler
+        return real_sample(*a, **kw)
+
+    monkeypatch.setattr(techniques, "sample", with_sampler)
+    run("sample", "--model", "tiny_class", *STEPS, "--n", "1", "--no-progress", "--sampler", "heun",
+        "--out", tmp_path / "a")
+    assert seen == {"sampler": "heun"}
+    monkeypatch.setattr(techniques, "sample", lambda *a, **kw: real_sample(*a, **kw))  # no sampler argument
+    err = one_line_error(capsys, "sample", "--model", "tiny_class", *STEPS, "--no-progress", "--sampler", "heun",
+                         "--out", tmp_path / "b")
+    assert "--sampler" in err and "not supported" in err
+    run("sample", "--model", "tiny_class", *STEPS, "--n", "1", "--no-progress", "--out", tmp_path / "c")
+
+
+def test_overwrite_flag(tmp_path, monkeypatch, capsys):
+    from diffaccel.mnist import train as train_mod
+
+    got = {}
+
+    def fake_train(cfg, out_dir, data_dir=None, resume=False, progress=True, device="cpu", download=False,
+                   overwrite=False):
+        got.update(resume=resume, overwrite=overwrite, device=device)
+        return Path(out_dir) / "model.safetensors"
+
+    monkeypatch.setattr(train_mod, "train", fake_train)
+    run("mnist", "train", "--preset", "ddpm_class", "--out", tmp_path / "run", "--overwrite")
+    assert got == {"resume": False, "overwrite": True, "device": "cpu"}
+    got.clear()
+    run("mnist", "train", "--preset", "ddpm_class", "--out", tmp_path / "run")
+    assert got["overwrite"] is False
+    assert "not allowed with" in error_of(capsys, "mnist", "train", "--preset", "ddpm_class", "--out", tmp_path,
+                                          "--overwrite", "--resume")
+    monkeypatch.setattr(train_mod, "train", lambda cfg, out_dir, **kw: Path(out_dir))  # no overwrite argument
+    err = one_line_error(capsys, "mnist", "train", "--preset", "ddpm_class", "--out", tmp_path / "r", "--overwrite")
+    assert "--overwrite" in err and "not supported" in err

@@ -125,11 +125,11 @@ def test_from_pretrained_if_shipped():
 def test_denoising_gif(den, tmp_path):
     from PIL import Image
 
-    from diffaccel.pipelines.animation import FrameRecorder, denoising_gif
+    from diffaccel.imageio import FrameRecorder, save_gif
 
-    rec = FrameRecorder(den.from_model_range)
+    rec = FrameRecorder(den.from_model_range, value_range=(-1, 1))
     res = T.sample(den, [0, 1, 2, 3], 4, SHORT, guidance_scale=5.0, generator=gen(0), callback=rec)
     assert len(rec.frames) == len(SHORT) - 1 and rec.frames[0].shape == (4, 1, 28, 28)
     torch.testing.assert_close(rec.frames[-1], res.image.clamp(-1, 1))
-    p = denoising_gif(rec.frames, tmp_path / "run.gif", scale=2)
+    p = save_gif(rec.frames, tmp_path / "run.gif", value_range=(-1, 1), scale=2)
     assert Image.open(p).size == (112, 112)

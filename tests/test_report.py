@@ -158,6 +158,39 @@ def test_same_seed_same_report(quick_report, tmp_path, mnist_dir):
                                                             "flow_time_samples")), changed
 
 
+def test_demo_runs_offline_with_the_shipped_digits(quick_report, tmp_path, monkeypatch):
+    """No MNIST folder anywhere and every download failing: the demo renders from the digits
+    shipped in the package, and the report is byte-identical to the one made from the full set."""
+    import urllib.request
+
+    from diffaccel.mnist import data
+
+    def no_network(*args, **kwargs):
+        raise OSError("network disabled by the test")
+
+    def no_full_set(*args, **kwargs):
+        raise AssertionError("the demo read the full MNIST set although none was given")
+
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(data, "_dev_copy", lambda: tmp_path / "no-dev-copy")
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(data, "_fetch", no_network)
+    for name in ("download_mnist", "load_mnist", "mnist_tensors"):
+        monkeypatch.setattr(data, name, no_full_set)
+    data.clear_cache()
+
+    from diffaccel.report.demo import run_demo
+
+    offline = run_demo(tmp_path / "offline", seed=0, quick=True, progress=False).parent
+    srcs, _ = parse_report(offline / "index.html")
+    check_images(offline, srcs)
+    a, b = _files(quick_report[0]), _files(offline)
+    assert a.keys() == b.keys()
+    different = [k for k in a if a[k] != b[k]]
+    assert not different, f"the offline report differs from the one made from the full set: {different}"
+
+
 def test_missing_loss_log_and_model_are_said(weights_dir, tmp_path, mnist_dir):
     from diffaccel.report.partb import write_partb_figures
 
@@ -248,19 +281,6 @@ def test_demo_with_if_weights(weights_dir, tmp_path, mnist_dir, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- helpers
-def test_grid_and_nearest_upscale():
-    from diffaccel.report.images import to_uint8_grid
-
-    x = torch.rand(5, 1, 28, 28)
-    arr = to_uint8_grid(x, nrow=3, pad=1, scale=2)
-    assert arr.shape == (2 * (2 * 28 + 1), 2 * (3 * 28 + 2))
-    # nearest neighbour: every 2x2 block is one model pixel
-    assert (arr[0::2, 0::2] == arr[1::2, 1::2]).all()
-    assert arr[0, 0] == round(float(x[0, 0, 0, 0]) * 255)
-    with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
-        to_uint8_grid(torch.rand(2, 2, 4, 4))
-
-
 def test_drawn_digit_is_mnist_like():
     from diffaccel.report.images import draw_digit
 

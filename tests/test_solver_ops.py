@@ -534,7 +534,8 @@ def test_history_errors_are_diffaccel_errors():
 
 # ----------------------------------------------------------------------------- torch.compile
 @pytest.mark.parametrize("threshold", ["none", "dynamic"])
-@pytest.mark.parametrize("device,backend", [p for p in _backends("unipc_step") if p.values[0] == "cpu"])
+# Triton's interpreter cannot run on fake tensors (triton/ops.py), so it is compiled on CUDA only.
+@pytest.mark.parametrize("device,backend", [p for p in _backends("unipc_step") if p.values[:2] != ("cpu", "triton")])
 def test_compiled_solver_step_matches_eager(device, backend, threshold):
     """A whole UniPC step (a stand-in model call, the CFG combine and the fused op) compiles with
     fullgraph=True and matches eager."""
@@ -558,3 +559,95 @@ def test_compiled_solver_step_matches_eager(device, backend, threshold):
         return F.heun_step(x, torch.sin(v), w, 0.05, backend=backend)
 
     torch.testing.assert_close(torch.compile(heun, fullgraph=True)(d.x_t, d.v, d.v_next), heun(d.x_t, d.v, d.v_next))
+
+
+# ----------------------------------------------------------------------------- the C++ ops themselves
+def _cpp_ops():
+    if "cpp" not in diffaccel.available_backends("cpu") or not _backend_has("cpp", "cpu", "unipc_step"):
+        pytest.skip("the C++ extension with the solver ops is not built")
+    return torch.ops.diffaccel
+
+
+def _opcheck_cases():
+    for dtype in (torch.float32, torch.float16):
+        d = Inputs((2, 3, 8, 9), dtype, "cpu")
+        o = lambda: torch.empty_like(d.x_t)  # noqa: E731
+        for cond in (None, d.eps_c):
+            for thr in ((0.0, 0.0, 0.0), (1.0, 0.0, 0.0), (0.0, 0.9, 1.5)):
+                yield "dpmpp_2m_step", (d.x_t, d.eps_u, cond, 3.0, d.abar, d.t, d.t_prev, None, None, *thr, o(), o())
+                yield "dpmpp_2m_step", (d.x_t, d.eps_u, cond, 3.0, d.abar, d.t, d.t_prev, d.x0_prev, d.t_last, *thr,
+                                        o(), o())
+                yield "unipc_step", (d.x_t, d.eps_u, cond, 3.0, d.abar, d.t, d.t_prev, d.x0_prev, d.t_last, d.x_last,
+                                     d.x0_prev2, d.t_last2, 2, *thr, o(), o(), o())
+            yield "unipc_step", (d.x_t, d.eps_u, cond, 3.0, d.abar, d.t, d.t_prev, None, None, None, None, None, 2,
+                                 0.0, 0.0, 0.0, o(), o(), o())
+            yield "unipc_step", (d.x_t, d.eps_u, cond, 3.0, d.abar, d.t, d.t_prev, d.x0_prev, d.t_last, d.x_last,
+                                 None, None, 1, 0.0, 0.0, 0.0, o(), o(), o())
+        yield "heun_step", (d.x_t, d.v, d.v_next, 0.1, o())
+
+
+@pytest.mark.parametrize("name,args", [pytest.param(n, a, id=f"{n}-{i}") for i, (n, a) in enumerate(_opcheck_cases())])
+def test_opcheck(name, args):
+    ops = _cpp_ops()
+    torch.library.opcheck(getattr(ops, name).default, args)
+
+
+CPP_BAD = [
+    ("t_last without x0_prev", "x0_prev and t_last must be given together",
+     lambda d, o: ("dpmpp_2m_step", (d.x_t, d.eps, None, 1.0, d.abar, d.t, d.t_prev, None, d.t_last, 0.0, 0.0, 0.0,
+                                     o(), o()))),
+    ("x0_out shape", "x0_out must have shape",
+     lambda d, o: ("dpmpp_2m_step", (d.x_t, d.eps, None, 1.0, d.abar, d.t, d.t_prev, None, None, 0.0, 0.0, 0.0,
+                                     o(), o()[:1]))),
+    ("t_last range", "t_last must be in",
+     lambda d, o: ("dpmpp_2m_step", (d.x_t, d.eps, None, 1.0, d.abar, d.t, d.t_prev, d.x0_prev, d.t_last + T, 0.0,
+                                     0.0, 0.0, o(), o()))),
+    ("x0_prev2 without x_last", "x0_prev2 is only used by the corrector",
+     lambda d, o: ("unipc_step", (d.x_t, d.eps, None, 1.0, d.abar, d.t, d.t_prev, d.x0_prev, d.t_last, None,
+                                  d.x0_prev2, d.t_last2, 2, 0.0, 0.0, 0.0, o(), o(), o()))),
+    ("predictor_order", "predictor_order must be 1 or 2",
+     lambda d, o: ("unipc_step", (d.x_t, d.eps, None, 1.0, d.abar, d.t, d.t_prev, None, None, None, None, None, 3,
+                                  0.0, 0.0, 0.0, o(), o(), o()))),
+    ("threshold ratio", "dynamic thresholding needs ratio",
+     lambda d, o: ("unipc_step", (d.x_t, d.eps, None, 1.0, d.abar, d.t, d.t_prev, None, None, None, None, None, 2,
+                                  0.0, 1.5, 2.0, o(), o(), o()))),
+    ("heun v_next dtype", "v_next must have dtype",
+     lambda d, o: ("heun_step", (d.x_t, d.v, d.v_next.double(), 0.1, o()))),
+]
+
+
+@pytest.mark.parametrize("what,match,case", CPP_BAD, ids=[c[0] for c in CPP_BAD])
+def test_cpp_checks_name_the_argument(what, match, case):
+    ops = _cpp_ops()
+    d = Inputs((2, 3, 8, 9), torch.float32, "cpu")
+    name, args = case(d, lambda: torch.empty_like(d.x_t))
+    with pytest.raises((ValueError, TypeError), match=match):
+        getattr(ops, name)(*args)
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.95])
+def test_threshold_large_batch_one_sample_matches_torch_quantile(ratio):
+    """Batch 1, 3x128x128: the quantile is split over every thread (the few-samples path)."""
+    _cpp_ops()
+    d = Inputs((1, 3, 128, 128), torch.float32, "cpu")
+    x = d.x_t * 4
+    got = F.unipc_step(x, d.eps, d.abar, d.t, d.t_prev, x0_prev=d.x0_prev, t_last=d.t_last, backend="cpp",
+                       dynamic_threshold=(ratio, 1e6))
+    want = ref.unipc_step(x, d.eps, d.abar, d.t, d.t_prev, x0_prev=d.x0_prev, t_last=d.t_last,
+                          dynamic_threshold=(ratio, 1e6))
+    _assert_results(got, want, torch.float32)
+
+
+def test_backend_without_the_op_falls_back_under_auto_only(monkeypatch):
+    """An extension built before the solver ops existed: "auto" uses the reference, "cpp" says why not."""
+    _cpp_ops()
+    from diffaccel import _backends
+    from diffaccel.errors import ArgumentError
+    cpp = _backends.get("cpp", torch.device("cpu"))
+    monkeypatch.setattr(cpp, "has_op", staticmethod(lambda name, device: name != "unipc_step"))
+    d = Inputs((2, 3, 8, 8), torch.float32, "cpu")
+    got = F.unipc_step(d.x_t, d.eps, d.abar, d.t, d.t_prev, backend="auto")
+    _assert_results(got, UNIPC_CASES["predictor1"](RefAPI, d), torch.float32)
+    with pytest.raises(ArgumentError, match="backend 'cpp' has no unipc_step kernel in this build"):
+        F.unipc_step(d.x_t, d.eps, d.abar, d.t, d.t_prev, backend="cpp")
+    F.dpmpp_2m_step(d.x_t, d.eps, d.abar, d.t, d.t_prev, backend="cpp")  # the others still run

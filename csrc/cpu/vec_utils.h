@@ -113,6 +113,37 @@ inline void for_each_block(const std::array<const scalar_t*, K>& in, out_t* dst,
   if constexpr (kStream && std::is_same_v<out_t, float>) stream_fence();
 }
 
+// for_each_block with M outputs: body(in, out, n) with `out` M float pointers (into the outputs
+// themselves when they are float32). A nullptr output is not written (its block goes to scratch).
+// The body must read every input of a vector before it stores that vector's outputs: then any
+// output may alias any input.
+template <size_t K, size_t M, typename scalar_t, typename Body>
+inline void for_each_block_out(const std::array<const scalar_t*, K>& in, const std::array<scalar_t*, M>& dst,
+                               int64_t begin, int64_t end, const Body& body) {
+  constexpr bool kF32 = std::is_same_v<scalar_t, float>;
+  [[maybe_unused]] float in_buf[K][kF32 ? 1 : kBlock];
+  alignas(64) float out_buf[M][kBlock];
+  for (int64_t b = begin; b < end; b += kBlock) {
+    const int64_t n = std::min(kBlock, end - b);
+    std::array<const float*, K> f;
+    for (size_t k = 0; k < K; ++k) f[k] = load_block(in[k] == nullptr ? nullptr : in[k] + b, in_buf[k], n);
+    std::array<float*, M> o;
+    for (size_t m = 0; m < M; ++m) {
+      if constexpr (kF32) {
+        o[m] = dst[m] != nullptr ? dst[m] + b : out_buf[m];
+      } else {
+        o[m] = out_buf[m];
+      }
+    }
+    body(f, o, n);
+    if constexpr (!kF32) {
+      for (size_t m = 0; m < M; ++m) {
+        if (dst[m] != nullptr) from_float(out_buf[m], dst[m] + b, n);
+      }
+    }
+  }
+}
+
 // Calls f(i, count) for each vector of [0, n): full vectors, then one partial tail, so a
 // formula has a single (vector) code path; fVec::loadu(p, count) / store(p, count) do the tail.
 template <typename F>

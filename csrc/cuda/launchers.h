@@ -19,8 +19,8 @@
 //   (indices clamped into [0, num_timesteps); t_prev = -1 means abar_prev = 1), so a bad
 //   t on the device cannot read out of bounds.
 // * Launch counts (the fusion the package exists for):
-//     add_noise, predict_x0, cfg_combine, ddim_step, masked_project : 1 kernel
-//     ddpm_step                      : 1 kernel (CFG, clip and all variance types fused);
+//     add_noise, predict_x0, cfg_combine, ddim_step, masked_project, heun_step : 1 kernel
+//     ddpm_step, solver_step         : 1 kernel (CFG, clip and the step fused);
 //                                      2 with dynamic thresholding (a per-sample quantile
 //                                      kernel writing `scratch`, then the step)
 //     gaussian_filter                : 2 kernels (horizontal pass into `tmp`, vertical pass)
@@ -38,6 +38,8 @@
 
 #include <cstddef>
 #include <cstdint>
+
+#include "../params.h"
 
 namespace diffaccel {
 namespace launch {
@@ -88,6 +90,22 @@ cudaError_t ddpm_step(DType dtype, const void* x_t, const void* eps_uncond, cons
 cudaError_t ddim_step(DType dtype, const void* x_t, const void* eps_uncond, const void* eps_cond, float scale,
                       const float* alphas_cumprod, int64_t num_timesteps, const int64_t* t, const int64_t* t_prev,
                       float eta, const void* noise, void* out, int64_t n, int64_t inner, cudaStream_t stream);
+
+//! Floats of `scratch` solver_step needs: N when dynamic thresholding is on, else 0.
+inline int64_t solver_step_scratch_floats(int64_t n, float threshold_ratio) {
+  return threshold_ratio > 0.f ? n : 0;
+}
+
+//! The multistep solver steps dpmpp_2m_step / unipc_step (reference.dpmpp_2m_step /
+//! unipc_step; the arguments in params.h). 1 kernel; 2 with dynamic thresholding (the per-sample
+//! quantile kernel of ddpm_step writing `scratch`, solver_step_scratch_floats(n, ratio) floats,
+//! then the step). Per-sample weights computed in-kernel in double. Needs inner < 2^31 when
+//! thresholding.
+cudaError_t solver_step(DType dtype, const SolverStepParams& params, float* scratch, cudaStream_t stream);
+
+//! Flow matching, second-order Heun: out = x + dt/2 (v + v_next), over `numel` elements.
+cudaError_t heun_step(DType dtype, const void* x, const void* v, const void* v_next, float dt, void* out,
+                      int64_t numel, cudaStream_t stream);
 
 //! Floats of `tmp` gaussian_filter needs: one float32 image (planes * H * W).
 inline int64_t gaussian_filter_tmp_floats(int64_t planes, int64_t height, int64_t width) {

@@ -13,6 +13,7 @@
 #include <optional>
 
 #include "../checks.h"
+#include "../solver_step.h"
 #include "launchers.h"
 
 namespace diffaccel::cuda {
@@ -99,6 +100,29 @@ void ddpm_step(const at::Tensor& x_t, const at::Tensor& eps_u, const std::option
              "ddpm_step");
 }
 
+// The CUDA runner of the solver ops (entry points and checks: solver_step.h).
+void run_solver(const SolverStepParams& p, const at::Tensor& x_t) {
+  const c10::cuda::CUDAGuard guard(x_t.device());
+  const int64_t scratch_floats = launch::solver_step_scratch_floats(p.n, p.threshold_ratio);
+  at::Tensor scratch;  // from the caching allocator: no cudaMalloc, graph-capture safe
+  if (scratch_floats > 0) scratch = at::empty({scratch_floats}, x_t.options().dtype(at::kFloat));
+  check_cuda(launch::solver_step(dtype_of(x_t), p, scratch.defined() ? scratch.mutable_data_ptr<float>() : nullptr,
+                                 c10::cuda::getCurrentCUDAStream()),
+             "solver_step");
+}
+
+void heun_step(const at::Tensor& x, const at::Tensor& v, const at::Tensor& v_next, double dt, at::Tensor out) {
+  check_image("x", x);
+  check_like("v", v, x);
+  check_like("v_next", v_next, x);
+  check_like("out", out, x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  check_cuda(launch::heun_step(dtype_of(x), x.const_data_ptr(), v.const_data_ptr(), v_next.const_data_ptr(),
+                               static_cast<float>(dt), out.mutable_data_ptr(), x.numel(),
+                               c10::cuda::getCurrentCUDAStream()),
+             "heun_step");
+}
+
 void ddim_step(const at::Tensor& x_t, const at::Tensor& eps_u, const std::optional<at::Tensor>& eps_c, double scale,
                const at::Tensor& abar, const at::Tensor& t, const at::Tensor& t_prev, double eta,
                const std::optional<at::Tensor>& noise, at::Tensor out) {
@@ -153,6 +177,9 @@ TORCH_LIBRARY_IMPL(diffaccel, CUDA, m) {
   m.impl("predict_x0", &predict_x0);
   m.impl("cfg_combine", &cfg_combine);
   m.impl("ddpm_step", &ddpm_step);
+  m.impl("dpmpp_2m_step", &dpmpp_2m_step_op<&run_solver>);
+  m.impl("unipc_step", &unipc_step_op<&run_solver>);
+  m.impl("heun_step", &heun_step);
   m.impl("ddim_step", &ddim_step);
   m.impl("gaussian_filter", &gaussian_filter);
   m.impl("masked_project", &masked_project);

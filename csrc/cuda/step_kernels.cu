@@ -1,7 +1,11 @@
 // Sampler-step kernels: cfg_combine (SPEC A1.6), ddpm_step (A1.4 / B2.3, with CFG, the three
-// variance types, x0 clipping and dynamic thresholding) and ddim_step (with CFG).
+// variance types, x0 clipping and dynamic thresholding), ddim_step (with CFG), the multistep
+// solvers (DPM-Solver++(2M), UniPC bh2; with CFG, clipping and dynamic thresholding) and the Heun
+// flow step. Every thresholding step shares one per-sample quantile kernel (threshold_kernel).
 // Semantics: diffaccel/reference.py. Launch counts: see launchers.h.
 #include "common.cuh"
+
+#include "../schedule.h"
 
 namespace diffaccel {
 namespace launch {
@@ -153,9 +157,10 @@ constexpr unsigned kFullMask = 0xffffffffu;
 //! recomputed from x_t / eps (+ cfg) each pass instead of being stored: reads are cheap,
 //! and the step stays at two launches with an N-float scratch. NaN anywhere gives s = NaN
 //! (torch.quantile's rule), which makes the sample's x0_hat NaN as in the reference.
-template <typename T, int V>
+//! Op: any step op with the members `in` (EpsInputs), `abar`, `num_t` and `t` (DdpmOp, SolverOp).
+template <typename Op, int V>
 __global__ void __launch_bounds__(kSelectThreads)
-    threshold_kernel(const DdpmOp<T> op, int64_t inner, float ratio, float max_value, float* thresholds) {
+    threshold_kernel(const Op op, int64_t inner, float ratio, float max_value, float* thresholds) {
   __shared__ unsigned hist[256];
   __shared__ unsigned s_prefix, s_rank, s_count, s_min;
 
@@ -268,6 +273,121 @@ __global__ void __launch_bounds__(kSelectThreads)
   }
 }
 
+//! Launch 1 of 2 of a thresholded step: s per sample into `thresholds` (stream order makes the
+//! step's launch see it).
+template <typename T, typename Op>
+cudaError_t launch_threshold(const Op& op, int64_t n, int64_t inner, bool vec, float ratio, float max_value,
+                             float* thresholds, cudaStream_t stream) {
+  if (n > 0x7fffffff) return cudaErrorInvalidValue;
+  constexpr int V = kVec<T>;
+  const dim3 grid(static_cast<unsigned>(n));
+  if (vec && inner % V == 0)
+    threshold_kernel<Op, V><<<grid, kSelectThreads, 0, stream>>>(op, inner, ratio, max_value, thresholds);
+  else
+    threshold_kernel<Op, 1><<<grid, kSelectThreads, 0, stream>>>(op, inner, ratio, max_value, thresholds);
+  return cudaGetLastError();
+}
+
+// ----------------------------------------------------------------------------- multistep solvers
+//! reference.dpmpp_2m_step / unipc_step: x0 = thr(x0_hat); the UniC corrector (x_last given);
+//! the UniP / DPM-Solver++(2M) predictor. Per-sample weights: schedule.h's solver_weights, in
+//! double, once per row.
+template <typename T>
+struct SolverOp {
+  EpsInputs<T> in;
+  const float* abar;
+  int64_t num_t;
+  const int64_t* t;
+  const int64_t* t_prev;
+  const int64_t* t_last;   // nullptr: no history
+  const int64_t* t_last2;  // nullptr: first-order corrector
+  const T* x0_prev;
+  const T* x_last;
+  const T* x0_prev2;
+  int mode;  // SolverStepParams::Mode
+  bool second_order;
+  X0Bound bound;
+  float clip_x0;
+  const float* thresholds;  // [N] s per sample (kThreshold)
+  T* out;
+  T* x0_out;
+  T* x_corr_out;  // nullptr: not written
+
+  struct Row {
+    float sqrt_1m_at, sqrt_at, bound;
+    SolverWeights w;
+  };
+
+  __device__ int64_t clamp_t(int64_t v) const { return v < num_t ? v : num_t - 1; }
+
+  __device__ Row row(int64_t n) const {
+    const float a_t = gather_abar(abar, num_t, t[n]);
+    Row r;
+    r.sqrt_1m_at = sqrtf(1.f - a_t);
+    r.sqrt_at = sqrtf(a_t);
+    r.bound = bound == X0Bound::kThreshold ? thresholds[n] : clip_x0;
+    r.w = solver_weights(abar, clamp_t(t[n]), clamp_t(t_prev[n]), t_last ? clamp_t(t_last[n]) : -1,
+                         t_last2 ? clamp_t(t_last2[n]) : -1, mode >= SolverStepParams::kCorrector1, second_order);
+    return r;
+  }
+
+  template <int V>
+  __device__ void apply(const Row& r, int64_t i, int64_t) const {
+    float x[V], e[V], m0[V] = {}, xl[V] = {}, m1[V] = {};
+    in.template load_x_eps<V>(i, x, e);
+    if (mode >= SolverStepParams::kPredictor2) load<T, V>(x0_prev + i, m0);
+    if (mode >= SolverStepParams::kCorrector1) load<T, V>(x_last + i, xl);
+    if (mode == SolverStepParams::kCorrector2) load<T, V>(x0_prev2 + i, m1);
+    float y[V], x0v[V], xc[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      float x0 = x0_hat(x[k], e[k], r.sqrt_1m_at, r.sqrt_at);
+      if (bound == X0Bound::kThreshold)
+        x0 = clamp_nan(x0, -r.bound, r.bound) / r.bound;
+      else if (bound == X0Bound::kClip)
+        x0 = clamp_nan(x0, -r.bound, r.bound);
+      float c = x[k];
+      if (mode >= SolverStepParams::kCorrector1) {
+        float corr = r.w.rt * (x0 - m0[k]);
+        if (mode == SolverStepParams::kCorrector2) corr += r.w.r1 * (m1[k] - m0[k]);
+        c = r.w.cs * xl[k] - r.w.ca * (m0[k] + corr);
+      }
+      float d = x0;
+      if (mode >= SolverStepParams::kPredictor2) d = x0 + r.w.pk * (m0[k] - x0);
+      y[k] = r.w.ps * c - r.w.pa * d;
+      x0v[k] = x0;
+      xc[k] = c;
+    }
+    store<T, V>(out + i, y);
+    store<T, V>(x0_out + i, x0v);
+    if (x_corr_out != nullptr) store<T, V>(x_corr_out + i, xc);
+  }
+};
+
+// ----------------------------------------------------------------------------- heun
+template <typename T>
+struct HeunOp {
+  const T* x;
+  const T* v;
+  const T* v_next;
+  float half_dt;
+  T* out;
+
+  struct Row {};
+  __device__ Row row(int64_t) const { return {}; }
+
+  template <int V>
+  __device__ void apply(Row, int64_t i, int64_t) const {
+    float a[V], b[V], c[V];
+    load<T, V>(x + i, a);
+    load<T, V>(v + i, b);
+    load<T, V>(v_next + i, c);
+#pragma unroll
+    for (int k = 0; k < V; ++k) a[k] = a[k] + half_dt * (b[k] + c[k]);
+    store<T, V>(out + i, a);
+  }
+};
+
 // ----------------------------------------------------------------------------- ddim
 template <typename T>
 struct DdimOp {
@@ -371,17 +491,7 @@ cudaError_t da::ddpm_step(DType dtype, const void* x_t, const void* eps_uncond, 
                        threshold ? X0Bound::kThreshold : (clip_x0 > 0.f ? X0Bound::kClip : X0Bound::kNone),
                        clip_x0, scratch, static_cast<T*>(out)};
     if (threshold) {
-      // Launch 1 of 2: s per sample into scratch (stream order makes launch 2 see it).
-      if (n > 0x7fffffff) return cudaErrorInvalidValue;
-      constexpr int V = kVec<T>;
-      const dim3 grid(static_cast<unsigned>(n));
-      if (vec && inner % V == 0)
-        threshold_kernel<T, V><<<grid, kSelectThreads, 0, stream>>>(op, inner, threshold_ratio, threshold_max,
-                                                                    scratch);
-      else
-        threshold_kernel<T, 1><<<grid, kSelectThreads, 0, stream>>>(op, inner, threshold_ratio, threshold_max,
-                                                                    scratch);
-      const cudaError_t err = cudaGetLastError();
+      const cudaError_t err = launch_threshold<T>(op, n, inner, vec, threshold_ratio, threshold_max, scratch, stream);
       if (err != cudaSuccess) return err;
     }
     return launch_rows<T>(op, n, inner, vec, stream);
@@ -405,5 +515,54 @@ cudaError_t da::ddim_step(DType dtype, const void* x_t, const void* eps_uncond, 
                        alphas_cumprod, num_timesteps, t, t_prev, eta, static_cast<const T*>(noise),
                        static_cast<T*>(out)};
     return launch_rows<T>(op, n, inner, vec, stream);
+  });
+}
+
+cudaError_t da::solver_step(DType dtype, const SolverStepParams& p, float* scratch, cudaStream_t stream) {
+  using namespace detail;
+  if (bad_step_args(p.n, p.inner, p.num_timesteps, p.x_t, p.eps_uncond, p.alphas_cumprod, p.t, p.t_prev, p.out) ||
+      !p.x0_out || (p.x0_prev != nullptr) != (p.t_last != nullptr) ||
+      (p.x0_prev2 != nullptr) != (p.t_last2 != nullptr) || (p.x_last != nullptr && p.x0_prev == nullptr) ||
+      (p.x0_prev2 != nullptr && p.x_last == nullptr) || (p.predictor_order != 1 && p.predictor_order != 2))
+    return cudaErrorInvalidValue;
+  const bool threshold = p.threshold_ratio > 0.f;
+  if (threshold && (p.threshold_ratio > 1.f || !(p.threshold_max >= 1.f) || scratch == nullptr ||
+                    p.inner >= (int64_t{1} << 31)))
+    return cudaErrorInvalidValue;
+  if (p.n == 0 || p.inner == 0) return cudaSuccess;
+  const bool vec = aligned16(p.x_t) && aligned16(p.eps_uncond) && aligned16(p.eps_cond) && aligned16(p.x0_prev) &&
+                   aligned16(p.x_last) && aligned16(p.x0_prev2) && aligned16(p.out) && aligned16(p.x0_out) &&
+                   aligned16(p.x_corr_out);
+  return dispatch(dtype, [&](auto tag) -> cudaError_t {
+    using T = typename decltype(tag)::type;
+    const SolverOp<T> op{{static_cast<const T*>(p.x_t), static_cast<const T*>(p.eps_uncond),
+                          static_cast<const T*>(p.eps_cond), p.scale},
+                         p.alphas_cumprod, p.num_timesteps, p.t, p.t_prev, p.t_last, p.t_last2,
+                         static_cast<const T*>(p.x0_prev), static_cast<const T*>(p.x_last),
+                         static_cast<const T*>(p.x0_prev2), static_cast<int>(p.mode()), p.predictor_order == 2,
+                         threshold ? X0Bound::kThreshold : (p.clip_x0 > 0.f ? X0Bound::kClip : X0Bound::kNone),
+                         p.clip_x0, scratch, static_cast<T*>(p.out), static_cast<T*>(p.x0_out),
+                         static_cast<T*>(p.x_corr_out)};
+    if (threshold) {
+      const cudaError_t err =
+          launch_threshold<T>(op, p.n, p.inner, vec, p.threshold_ratio, p.threshold_max, scratch, stream);
+      if (err != cudaSuccess) return err;
+    }
+    return launch_rows<T>(op, p.n, p.inner, vec, stream);
+  });
+}
+
+cudaError_t da::heun_step(DType dtype, const void* x, const void* v, const void* v_next, float dt, void* out,
+                          int64_t numel, cudaStream_t stream) {
+  using namespace detail;
+  if (numel < 0) return cudaErrorInvalidValue;
+  if (numel == 0) return cudaSuccess;
+  if (!x || !v || !v_next || !out) return cudaErrorInvalidValue;
+  const bool vec = aligned16(x) && aligned16(v) && aligned16(v_next) && aligned16(out);
+  return dispatch(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const HeunOp<T> op{static_cast<const T*>(x), static_cast<const T*>(v), static_cast<const T*>(v_next),
+                       0.5f * dt, static_cast<T*>(out)};
+    return launch_rows<T>(op, 1, numel, vec, stream);
   });
 }

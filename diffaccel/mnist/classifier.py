@@ -12,6 +12,7 @@ from torch import nn
 
 from .checkpoint import atomic_save_tensors, atomic_write_json, load_json, load_tensors
 from .data import mnist_tensors
+from .models import load_weights
 from . import pretrained
 
 
@@ -89,9 +90,7 @@ def train_classifier(out: Optional[Path] = None, data_dir=None, epochs: int = 3,
 
 def load_classifier(path: Optional[Path] = None) -> DigitClassifier:
     path = Path(path) if path else pretrained.WEIGHTS_DIR / "classifier.safetensors"
-    model = DigitClassifier()
-    model.load_state_dict(load_tensors(path))
-    return model.eval()
+    return load_weights(DigitClassifier(), load_tensors(path), path).eval()
 
 
 def classifier_info(path: Optional[Path] = None) -> dict:

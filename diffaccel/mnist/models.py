@@ -173,3 +173,28 @@ def one_hot(labels: Optional[torch.Tensor], n: int, num_classes: int = 10, devic
         labels = labels.to(device, non_blocking=True)
     classes = torch.arange(num_classes, device=labels.device)
     return (labels[:, None] == classes).to(dtype)
+
+
+def load_weights(module: nn.Module, state: dict, source) -> nn.Module:
+    """``module.load_state_dict(state)``, or a one-line :class:`~diffaccel.errors.CheckpointError`
+    saying how the weights in ``source`` differ from the module (another model's weights)."""
+    from ..errors import CheckpointError
+
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} of the {len(own)} expected tensors missing (e.g. {missing[0]!r})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})")
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} of another shape (e.g. {k!r}: {list(state[k].shape)} in the file, "
+                         f"{list(own[k].shape)} expected)")
+        raise CheckpointError(f"{source} holds the weights of another model than its config describes "
+                              f"({type(module).__name__}): {'; '.join(parts)}")
+    module.load_state_dict(state)
+    return module

@@ -14,7 +14,7 @@ import torch
 
 from ..schedules import ddpm_linear_schedule
 from .checkpoint import load_json, load_tensors
-from .models import UNet, UNetConfig
+from .models import UNet, UNetConfig, load_weights
 
 import os
 
@@ -100,11 +100,7 @@ def _build(name: str, cfg: dict, weights: Path) -> "MNISTDiffusion":
                          "(expected the config.json a training run writes)")
     tcfg, mcfg = cfg["train_config"], cfg["model_config"]
     model = UNet(UNetConfig(**mcfg))
-    state = load_tensors(weights)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"{weights} does not match the model config {mcfg}: {e}") from e
+    load_weights(model, load_tensors(weights), weights)
     model.eval()
     kind = tcfg["task"]
     T = int(tcfg.get("num_timesteps", 300))

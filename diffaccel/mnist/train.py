@@ -36,6 +36,7 @@ from ..schedules import ddpm_linear_schedule
 from .checkpoint import (atomic_save_tensors, atomic_write_bytes, atomic_write_json, load_json,
                          load_tensors, optimizer_from_tensors, optimizer_to_tensors)
 from .data import mnist_tensors
+from .distributed import rank_world as _dist_info
 from .models import UNet, UNetConfig, one_hot
 
 TASKS = ("denoiser", "pure_noise", "ddpm", "flow")
@@ -139,12 +140,6 @@ def training_loss(model, cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, gen
 
 
 # ----------------------------------------------------------------------------- helpers
-def _dist_info():
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 

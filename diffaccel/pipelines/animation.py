@@ -1,76 +1,29 @@
-"""GIFs: a denoising run (SPEC B-gif, A "animations") and an anagram view turning into its other reading.
+"""Animations (SPEC A "animations"): an anagram view turning into its other reading.
 
 Frames are image tensors in the canonical range [-1, 1] (``[C, H, W]``, or ``[N, C, H, W]``
-laid out as a grid). GIFs are written with Pillow.
+laid out as a grid), written by :func:`diffaccel.imageio.save_gif`; a denoising run is recorded
+with :class:`diffaccel.imageio.FrameRecorder`.
 """
 from __future__ import annotations
 
 import math
-import os
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from pathlib import Path
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["to_uint8", "make_gif", "denoising_gif", "view_transition_frames", "animate_view", "FrameRecorder"]
+from ..imageio import FrameRecorder, save_gif
+
+__all__ = ["make_gif", "view_transition_frames", "animate_view", "FrameRecorder"]
 
 
-def to_uint8(x: torch.Tensor, value_range: Tuple[float, float] = (-1.0, 1.0), nrow: Optional[int] = None):
-    """[C, H, W] or [N, C, H, W] (grid, ``nrow`` per row) -> HxWx3 (or HxW) uint8 numpy array."""
-    x = x.detach().float().cpu()
-    if x.ndim == 4:
-        n, c, h, w = x.shape
-        nrow = nrow or math.ceil(math.sqrt(n))
-        rows = math.ceil(n / nrow)
-        pad = torch.full((rows * nrow - n, c, h, w), value_range[0])
-        x = torch.cat([x, pad]).reshape(rows, nrow, c, h, w).permute(2, 0, 3, 1, 4).reshape(c, rows * h, nrow * w)
-    if x.ndim != 3:
-        raise ValueError(f"a frame must be [C, H, W] or [N, C, H, W], got {tuple(x.shape)}")
-    lo, hi = value_range
-    x = ((x - lo) / (hi - lo)).clamp(0, 1).mul(255).round().to(torch.uint8)
-    arr = x.permute(1, 2, 0).numpy()
-    return arr[..., 0] if arr.shape[-1] == 1 else arr
-
-
-def make_gif(frames: Sequence[torch.Tensor], path: Union[str, os.PathLike], duration_ms: int = 100,
-             value_range: Tuple[float, float] = (-1.0, 1.0), loop: int = 0, hold_last: int = 5,
-             scale: int = 1) -> str:
-    """Write ``frames`` as an animated GIF (the last frame shown ``1 + hold_last`` times as long); returns the path."""
-    from PIL import Image
-
-    if len(frames) == 0:
-        raise ValueError("make_gif needs at least one frame")
-    imgs = [Image.fromarray(to_uint8(f, value_range)) for f in frames]
-    if scale != 1:
-        imgs = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in imgs]
-    # Hold the last frame by lengthening its duration (Pillow merges repeated identical frames).
-    durations = [duration_ms] * (len(imgs) - 1) + [duration_ms * (1 + hold_last)]
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=durations, loop=loop)
-    return path
-
-
-class FrameRecorder:
-    """A technique ``callback`` that keeps ``info[key]`` (canonical range) every ``every`` steps.
-
-    ``rec = FrameRecorder(denoiser.from_model_range); sample(..., callback=rec); make_gif(rec.frames, p)``
-    """
-
-    def __init__(self, to_canonical: Callable[[torch.Tensor], torch.Tensor] = lambda x: x, key: str = "x",
-                 every: int = 1):
-        self.to_canonical, self.key, self.every = to_canonical, key, every
-        self.frames: List[torch.Tensor] = []
-
-    def __call__(self, info: dict) -> None:
-        if info["i"] % self.every == 0:
-            x = info[self.key]
-            self.frames.append((x if self.key == "x0_hat" else self.to_canonical(x)).detach().cpu().clamp(-1, 1))
-
-
-def denoising_gif(frames: Sequence[torch.Tensor], path, duration_ms: int = 80, **kw) -> str:
-    """A GIF of a denoising run (frames from :class:`FrameRecorder` or ``DenoiseResult.intermediates``)."""
-    return make_gif(frames, path, duration_ms=duration_ms, **kw)
+def make_gif(frames: Sequence[torch.Tensor], path, **kw) -> Path:
+    """:func:`diffaccel.imageio.save_gif` with this module's defaults (canonical ``value_range=(-1, 1)``,
+    ``scale=1``); kept so ``pipelines.make_gif`` keeps working."""
+    kw.setdefault("value_range", (-1.0, 1.0))
+    kw.setdefault("scale", 1)
+    return save_gif(frames, path, **kw)
 
 
 def _rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
@@ -129,8 +82,11 @@ def view_transition_frames(image: torch.Tensor, view, num_frames: int = 30) -> L
 
 
 def animate_view(image: torch.Tensor, view, path, num_frames: int = 30, duration_ms: int = 60,
-                 scale: int = 1) -> str:
-    """GIF of an anagram turning into its other reading, and back."""
+                 scale: Optional[int] = None) -> Path:
+    """GIF of an anagram (canonical [-1, 1]) turning into its other reading, and back; returns the path.
+
+    ``scale=None``: the one upscaling rule of :func:`diffaccel.imageio.display_scale`.
+    """
     frames = view_transition_frames(image, view, num_frames)
     frames = [frames[0]] * 8 + frames + [frames[-1]] * 8 + frames[::-1]
-    return make_gif(frames, path, duration_ms=duration_ms, hold_last=0, scale=scale)
+    return save_gif(frames, path, value_range=(-1.0, 1.0), duration_ms=duration_ms, hold_last_ms=0, scale=scale)

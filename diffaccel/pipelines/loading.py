@@ -6,12 +6,14 @@ Offline-safe: a local directory (or ``HF_HUB_OFFLINE=1``) is loaded with
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
+from ..errors import FileFormatError, MissingFileError
 from .denoisers import IF_SCHEDULER_CONFIG, IFDenoiser, IFSuperResDenoiser
 
 __all__ = ["load_if_stage", "load_prompt_embeds", "save_prompt_embeds", "encode_prompts", "load_image", "load_mask"]
@@ -89,19 +91,38 @@ def load_prompt_embeds(path: PathLike, device: Union[str, torch.device, None] = 
     or a ``.safetensors`` file (keys are the prompts)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"prompt embeddings file not found: {path}")
+        raise MissingFileError(f"prompt embeddings file not found: {path}")
+    expected = "a dict {prompt: tensor[1, 77, E]} saved with torch.save or safetensors"
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        d = load_file(os.fspath(path))
+        try:
+            d = load_file(os.fspath(path))
+        except SafetensorError as e:
+            raise FileFormatError(f"{path} is not a readable safetensors file ({e}); expected {expected}") from None
     else:
-        d = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    if not isinstance(d, Mapping) or not all(isinstance(k, str) for k in d):
-        raise ValueError(f"{path} must hold a dict {{prompt: tensor[1, 77, E]}}, got {type(d).__name__}")
+        try:
+            d = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # weights_only=True refused something other than tensors and containers: nothing ran.
+            raise FileFormatError(f"{path} holds Python objects other than tensors, refused without running them "
+                                  f"(torch.load weights_only=True); expected {expected}") from None
+        except EOFError:
+            raise FileFormatError(f"{path} is empty or truncated; expected {expected}") from None
+        except RuntimeError as e:  # not a torch zip archive, or a corrupt one
+            raise FileFormatError(f"{path} is not a torch-saved file ({str(e).splitlines()[0][:120]}); "
+                                  f"expected {expected}") from None
+    if not isinstance(d, Mapping):
+        raise FileFormatError(f"{path} must hold {expected}, got a {type(d).__name__}")
+    bad = [k for k in d if not isinstance(k, str)]
+    if bad:
+        raise FileFormatError(f"{path}: the keys of the embeddings dict must be prompt strings, found "
+                              f"{type(bad[0]).__name__} key(s) {bad[:5]}")
     out = {}
     for k, v in d.items():
         if not isinstance(v, torch.Tensor) or not v.is_floating_point() or v.ndim not in (2, 3):
-            raise ValueError(f"{path}: embedding for {k!r} must be a float tensor [1, 77, E], "
+            raise FileFormatError(f"{path}: embedding for {k!r} must be a float tensor [1, 77, E], "
                              f"got {getattr(v, 'shape', type(v).__name__)}")
         v = v if v.ndim == 3 else v[None]
         out[k] = v.to(device=device or "cpu", dtype=dtype or v.dtype)

@@ -1,9 +1,9 @@
-"""The report: every deliverable rendered to PNGs/GIFs and one ``index.html`` (issue 5).
+"""The report: every deliverable rendered to PNGs/GIFs and one ``index.html``.
 
 * :func:`demo.run_demo` — ``diffaccel demo --out DIR``: Part A (MNIST, and IF when given) + Part B;
 * :func:`partb.write_partb_figures` — ``diffaccel mnist figures --out DIR``: Part B only;
 * :mod:`.parta` — the Part-A figures for any denoiser; :mod:`.html` — figure records and the page;
-  :mod:`.images` — PNG/GIF writing, grids, the hand-drawn digit.
+  :mod:`.images` — the hand-drawn digit and scene (files are written by :mod:`diffaccel.imageio`).
 """
 from .html import Cell, Figure, render_index
 

@@ -27,12 +27,11 @@ def run_demo(out_dir, seed: int = 0, quick: bool = False, if_stage1=None, if_sta
     rendered with IF on ``device`` (a GPU in practice), otherwise the report says what is needed.
     ``if_image``: the image (path) the IF sections edit (SDEdit, inpainting, img2img); default
     a synthetic scene.
-    ``data_dir``: the MNIST folder (default ``$DIFFACCEL_MNIST_DIR``, then the download cache);
-    where none holds the files, they are downloaded from the public mirrors (checksums verified).
+    ``data_dir``: an MNIST folder to take the shown digits from; by default they come with the
+    package (:mod:`diffaccel.mnist.shipped_digits`: the same digits), so the demo needs no MNIST
+    folder and no network.
     """
     import torch
-
-    from ..mnist.data import download_mnist, resolve_root
 
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
@@ -40,11 +39,6 @@ def run_demo(out_dir, seed: int = 0, quick: bool = False, if_stage1=None, if_sta
         raise ValueError("if_stage2 (--if-stage2) needs if_stage1 (--if-stage1) too")
     if if_stage1 is not None and embeds is None:
         raise ValueError("DeepFloyd IF needs prompt embeddings: pass embeds (--embeds FILE.pth)")
-    try:
-        data_dir = resolve_root(data_dir)
-    except FileNotFoundError:
-        print("MNIST was not found locally: downloading it (checksums verified) ...", flush=True)
-        data_dir = download_mnist(data_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

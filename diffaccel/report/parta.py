@@ -15,10 +15,11 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import torch
 
 from ..pipelines import techniques as T
-from ..pipelines.animation import FrameRecorder, animate_view
+from ..imageio import FrameRecorder, display_scale, save_gif, save_png
+from ..pipelines.animation import animate_view
 from ..pipelines.views import get_view
 from .html import Cell, Figure, single
-from .images import display_scale, draw_digit, draw_scene, from_canonical, save_gif, save_png
+from .images import draw_digit, draw_scene
 from .partb import Budget, generator_for, model_summary, quick_timesteps
 
 __all__ = ["PartASetup", "render_parta", "mnist_setup", "if_setup", "write_parta_mnist_figures",
@@ -101,7 +102,7 @@ def render_parta(s: PartASetup, out_dir, seed: int = 0, progress: bool = True) -
 
     def png(name: str, x: torch.Tensor, label: str = "", width=None, sc: Optional[int] = None, **kw) -> Cell:
         fname = f"a_{s.key}_{name}.png"
-        save_png(from_canonical(x.detach().float().cpu()), out / fname, scale=sc or scale, **kw)
+        save_png(x, out / fname, value_range=(-1.0, 1.0), scale=sc or scale, pad=1, **kw)
         return Cell(fname, label, width)
 
     def show_xt(x_t: torch.Tensor) -> torch.Tensor:  # a noisy image (model space) -> canonical, for display
@@ -175,7 +176,7 @@ def render_parta(s: PartASetup, out_dir, seed: int = 0, progress: bool = True) -
                            f"{steps_txt}, "
                            f"{s.generic_desc}, no guidance; {seed_txt}.",
                            png("samples", res.image.clamp(-1, 1), nrow=min(5, s.n_samples)).src))
-        rec = FrameRecorder(den.from_model_range, key="x")
+        rec = FrameRecorder(den.from_model_range, value_range=(-1.0, 1.0))
         res = T.sample(den, cond=list(s.cfg_conds), num_samples=len(s.cfg_conds), timesteps=ts,
                        guidance_scale=s.guidance, generator=gen("A1.6"), callback=rec)
         cfg_img = res.image.clamp(-1, 1)
@@ -184,9 +185,9 @@ def render_parta(s: PartASetup, out_dir, seed: int = 0, progress: bool = True) -
                            f"eps = eps_u + g (eps_c - eps_u) with {g_txt}; one sample per condition "
                            f"({', '.join(s.cfg_names)}), {steps_txt}; {seed_txt}.",
                            [cells[i:i + 5] for i in range(0, len(cells), 5)]))
-        frames = [from_canonical(f) for f in rec.frames]
+        frames = rec.frames
         fname = f"a_{s.key}_cfg_denoising.gif"
-        save_gif(frames, out / fname, nrow=min(5, len(s.cfg_conds)), scale=scale)
+        save_gif(frames, out / fname, value_range=(-1.0, 1.0), nrow=min(5, len(s.cfg_conds)), scale=scale, pad=1)
         figs.append(single(sec("A-gif"), title("A-gif", "A denoising run"),
                            f"The guided sampling run of the CFG figure: x_t after each of the {len(frames)} steps "
                            f"({steps_txt}); {seed_txt}; loops.", fname))
@@ -351,14 +352,14 @@ MNIST_VIEW_ANAGRAMS = [
 
 def mnist_setup(name: str = "ddpm_class", quick: bool = False, data_dir=None, device="cpu") -> PartASetup:
     """The Part-A setup on a shipped class-conditional MNIST DDPM: labels are the prompts, g = 5."""
-    from ..mnist.data import mnist_tensors
+    from ..mnist.shipped_digits import test_digits
     from ..pipelines.denoisers import MNISTDenoiser
 
     den = MNISTDenoiser.from_pretrained(name, device=device)
     if den.conditioning != "class":
         raise ValueError(f"Part A on MNIST needs a class-conditional DDPM, {name!r} is {den.conditioning}-conditioned")
     b = Budget.for_mode(quick)
-    xt, yt = mnist_tensors("test", root=data_dir)
+    xt, yt = test_digits(data_dir)  # shipped with the package unless a folder is given
     picks = [_first_of(yt, d) for d in (7, 2, 3)]  # a 3 is the img2img source (a 3 pushed toward 8)
     images = xt[picks] * 2 - 1
     labels = [int(yt[i]) for i in picks]

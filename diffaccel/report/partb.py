@@ -21,7 +21,7 @@ import torch
 
 from .. import functional as Fn
 from .html import Cell, Figure, single
-from .images import save_gif, save_png
+from ..imageio import save_gif, save_png
 
 __all__ = ["Budget", "write_partb_figures", "generator_for", "model_summary", "snapshots_to_show", "cpu_threads"]
 
@@ -54,9 +54,8 @@ def cpu_threads():
     """Run the report's CPU work on one thread unless ``$OMP_NUM_THREADS`` says otherwise.
 
     The report's batches are small (at most 80 digits of 28x28), where intra-op threads buy
-    little, and on a busy machine they cost a lot: on the shared 2-core development CPU (load
-    about 6) the full demo took 161 s wall / 101 CPU-s with torch's default 2 threads and 15 s /
-    14 CPU-s with one (OpenMP threads spin while their partner is descheduled).
+    little, and on a busy machine they cost a lot: OpenMP threads spin while their partner is
+    descheduled.
     """
     if os.environ.get("OMP_NUM_THREADS"):
         yield
@@ -136,22 +135,23 @@ class _Ctx:
 
     def png(self, name: str, x: torch.Tensor, label: str = "", width: Optional[int] = None, **kw) -> Cell:
         fname = f"{self.prefix}{name}.png"
-        save_png(x, self.out / fname, **kw)
+        save_png(x, self.out / fname, pad=1, **kw)
         return Cell(fname, label, width)
 
     def gif(self, name: str, frames, label: str = "", **kw) -> Cell:
         fname = f"{self.prefix}{name}.gif"
-        save_gif(frames, self.out / fname, **kw)
+        save_gif(frames, self.out / fname, pad=1, **kw)
         return Cell(fname, label)
 
     def gen(self, key: str) -> torch.Generator:
         return generator_for(self.seed, key)
 
     def test_digits(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The leading test digits: shipped with the package, or read from ``data_dir`` if given."""
         if self._test is None:
-            from ..mnist.data import mnist_tensors
+            from ..mnist.shipped_digits import test_digits
 
-            self._test = mnist_tensors("test", root=self.data_dir)
+            self._test = test_digits(self.data_dir)
         return self._test
 
 
@@ -251,7 +251,7 @@ def _ood(ctx: _Ctx) -> List[Figure]:
 
 def _pure_noise(ctx: _Ctx) -> List[Figure]:
     from ..mnist import load_pretrained
-    from ..mnist.data import mnist_tensors
+    from ..mnist.shipped_digits import train_mean
 
     name = "pure_noise"
     if not _available(name):
@@ -260,8 +260,7 @@ def _pure_noise(ctx: _Ctx) -> List[Figure]:
     z = torch.randn((n, 1, 28, 28), generator=ctx.gen("B1.2.3"))
     snaps = snapshots_to_show(name)
     outs = [_denoise(load_pretrained(name, epoch=ep), z) for _, ep in snaps]
-    xtrain, _ = mnist_tensors("train", root=ctx.data_dir)
-    mean = xtrain.mean(0, keepdim=True)
+    mean, n_train = train_mean(ctx.data_dir)
     mean_cell = ctx.png("pure_noise_train_mean", mean)
     rows = [[ctx.png(f"pure_noise_in{i}", z[i:i + 1].clamp(0, 1))]
             + [ctx.png(f"pure_noise_out{i}_e{k}", o[i:i + 1]) for k, o in enumerate(outs)]
@@ -270,7 +269,7 @@ def _pure_noise(ctx: _Ctx) -> List[Figure]:
                    f"The {model_summary(name)}, trained to map z = eps (pure noise) to x: under an L2 loss the best "
                    "such map is the mean of the training digits, whatever the input. Columns: the input noise, "
                    "the output " + " and ".join(label for label, _ in snaps)
-                   + f", and the mean of the {xtrain.shape[0]} training digits. Noise seed {ctx.seed} "
+                   + f", and the mean of the {n_train} training digits. Noise seed {ctx.seed} "
                    "(figure key B1.2.3).", rows,
                    col_headers=["input z ~ N(0, I)"] + [f"D(z) {label}" for label, _ in snaps] + ["training mean"])]
     figs.append(loss_figure(ctx, "B1.2.3", name))
@@ -342,8 +341,9 @@ def write_partb_figures(out_dir, seed: int = 0, quick: bool = False, data_dir=No
                         progress: bool = True) -> List[Figure]:
     """Render every Part B deliverable into ``out_dir`` (PNGs, GIFs); returns their :class:`Figure` records.
 
-    Needs the MNIST files (``data_dir`` or ``$DIFFACCEL_MNIST_DIR``) and the shipped weights
-    (``$DIFFACCEL_WEIGHTS_DIR`` to use another set); a model that is not shipped gives a figure
+    The digits shown come with the package (:mod:`diffaccel.mnist.shipped_digits`; no MNIST
+    folder, no network), or from the MNIST folder ``data_dir`` when one is given (the same
+    digits). Uses the shipped weights (``$DIFFACCEL_WEIGHTS_DIR`` to use another set); a model that is not shipped gives a figure
     with a note instead of images. ``quick``: tiny step counts and sample numbers (tests).
     """
     from tqdm.auto import tqdm

@@ -285,6 +285,59 @@ def _radix_finish_kernel(hist_ptr, s_ptr, N, k_lo, k_hi, w, th_max):
 
 
 @triton.jit
+def _solver_step_kernel(x_ptr, eu_ptr, ec_ptr, m0_ptr, xl_ptr, m1_ptr, w_ptr, s_ptr, abar_ptr, t_ptr,
+                        out_ptr, x0_ptr, xc_ptr, scale, clip, inner, T,
+                        HAS_CFG: tl.constexpr, MODE: tl.constexpr, WRITE_XC: tl.constexpr,
+                        CLIP: tl.constexpr, THRESHOLD: tl.constexpr, BLOCK: tl.constexpr):
+    """DPM-Solver++(2M) / UniPC bh2 (reference.dpmpp_2m_step / unipc_step), data prediction:
+    ``x0 = thr(x0_hat)``; ``MODE`` 0 first order, 1 predictor with ``x0_prev``, 2 / 3 the UniC
+    corrector of order 1 / 2 first; per-sample weights ``w[n] = (cs, ca, r1, rt, ps, pa, pk)``
+    (reference.solver_weights)."""
+    n = tl.program_id(1)
+    a_t = _abar_at(abar_ptr, t_ptr, n, T)
+    local = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = local < inner
+    offs = n.to(tl.int64) * inner + local
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    e = _guided_eps(eu_ptr, ec_ptr, offs, mask, scale, HAS_CFG)
+    x0 = (x - tl.sqrt_rn(1.0 - a_t) * e) / tl.sqrt_rn(a_t)
+    if THRESHOLD:
+        s = tl.load(s_ptr + n)
+        x0 = tl.maximum(tl.minimum(x0, s), -s) / s
+    elif CLIP:
+        x0 = tl.minimum(tl.maximum(x0, -clip), clip)
+    wp = w_ptr + n * 7
+    xc = x
+    if MODE >= 1:
+        m0 = tl.load(m0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if MODE >= 2:
+        corr = tl.load(wp + 3) * (x0 - m0)
+        if MODE == 3:
+            corr += tl.load(wp + 2) * (tl.load(m1_ptr + offs, mask=mask, other=0.0).to(tl.float32) - m0)
+        xl = tl.load(xl_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        xc = tl.load(wp) * xl - tl.load(wp + 1) * (m0 + corr)
+    d = x0
+    if MODE >= 1:
+        d = x0 + tl.load(wp + 6) * (m0 - x0)
+    res = tl.load(wp + 4) * xc - tl.load(wp + 5) * d
+    tl.store(out_ptr + offs, res.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(x0_ptr + offs, x0.to(x0_ptr.dtype.element_ty), mask=mask)
+    if WRITE_XC:
+        tl.store(xc_ptr + offs, xc.to(xc_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _heun_step_kernel(x_ptr, v_ptr, w_ptr, out_ptr, numel, half_dt, BLOCK: tl.constexpr):
+    """Flow matching, second-order Heun: ``x + dt/2 (v + v_next)``."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + offs, (x + half_dt * (v + w)).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _ddim_step_kernel(x_ptr, eu_ptr, ec_ptr, noise_ptr, abar_ptr, t_ptr, tp_ptr, out_ptr,
                       scale, eta, inner, T,
                       HAS_CFG: tl.constexpr, HAS_NOISE: tl.constexpr, BLOCK: tl.constexpr):
@@ -530,6 +583,83 @@ def cfg_combine(eps_u, eps_c, scale: float, out, *, wrap: Wrap = _identity) -> N
         eps_u, eps_c, out, numel, scale, BLOCK=block, num_warps=_NUM_WARPS)
 
 
+def _threshold_scales(x_t, eps_u, eps_c_arg, has_cfg: bool, scale: float, abar, t, th_ratio: float, th_max: float,
+                      wrap: Wrap) -> torch.Tensor:
+    """Dynamic thresholding's ``s`` per sample (float32 ``[N]``) for every thresholding step:
+    ``clamp(quantile(|x0_hat|, th_ratio), 1, th_max)`` as torch.quantile, exactly."""
+    n = x_t.shape[0]
+    inner = x_t.numel() // n
+    # The rank and weight of torch.quantile's interpolation, in float32 as torch takes them.
+    rank = float(np.float32(th_ratio) * np.float32(inner - 1))
+    k_lo, k_hi = int(math.floor(rank)), int(math.ceil(rank))
+    w = float(np.float32(rank) - np.float32(k_lo))
+    s = torch.empty(n, dtype=torch.float32, device=x_t.device)
+    if inner <= THRESHOLD_FUSED_MAX:  # one program per sample, the sample in registers
+        wrap(_threshold_kernel)[(n,)](
+            x_t, eps_u, eps_c_arg, abar, t, s, scale, inner, abar.numel(), k_lo, k_hi, w, th_max,
+            HAS_CFG=has_cfg, BLOCK=max(16, triton.next_power_of_2(inner)), num_warps=_THRESHOLD_WARPS)
+    else:  # radix select over the whole grid: four histogram passes, then s
+        hist = torch.zeros(4 * n * 2 * 256 + n, dtype=torch.int32, device=x_t.device)
+        rblock = _RADIX_BLOCK
+        for p in range(4):
+            wrap(_radix_hist_kernel)[(triton.cdiv(inner, rblock), n)](
+                x_t, eps_u, eps_c_arg, abar, t, hist, scale, inner, abar.numel(), n, k_lo, k_hi,
+                PASS=p, HAS_CFG=has_cfg, BLOCK=rblock, num_warps=_NUM_WARPS)
+        wrap(_radix_finish_kernel)[(n,)](hist, s, n, k_lo, k_hi, w, th_max, num_warps=1)
+    return s
+
+
+def solver_step(x_t, eps_u, eps_c: Optional[torch.Tensor], scale: float, abar, t, t_prev,
+                x0_prev: Optional[torch.Tensor], t_last: Optional[torch.Tensor], x_last: Optional[torch.Tensor],
+                x0_prev2: Optional[torch.Tensor], t_last2: Optional[torch.Tensor], predictor_order: int,
+                clip_x0: float, th_ratio: float, th_max: float, out, x0_out, x_corr_out: Optional[torch.Tensor],
+                *, wrap: Wrap = _identity) -> None:
+    """dpmpp_2m_step (no ``x_last``, ``x_corr_out`` None) and unipc_step: one kernel (two with
+    dynamic thresholding); the per-sample weights from reference.solver_weights (a few tiny
+    float64 torch ops, no host sync)."""
+    if x_t.numel() == 0:
+        return
+    n = x_t.shape[0]
+    inner = x_t.numel() // n
+    block = _block(inner)
+    has_cfg = eps_c is not None
+    eps_c_arg = eps_c if has_cfg else x_t
+    mode = 3 if x0_prev2 is not None else 2 if x_last is not None else \
+        1 if (x0_prev is not None and predictor_order == 2) else 0
+    weights = ref.solver_weights(abar, t, t_prev, t_last, t_last2, corrector=mode >= 2,
+                                 second_order=predictor_order == 2).contiguous()
+    thresholding = th_ratio > 0
+    s = _threshold_scales(x_t, eps_u, eps_c_arg, has_cfg, scale, abar, t, th_ratio, th_max, wrap) \
+        if thresholding else x_t
+    wrap(_solver_step_kernel)[_per_sample_grid(x_t, block)](
+        x_t, eps_u, eps_c_arg, x0_prev if x0_prev is not None else x_t, x_last if x_last is not None else x_t,
+        x0_prev2 if x0_prev2 is not None else x_t, weights, s, abar, t,
+        out, x0_out, x_corr_out if x_corr_out is not None else out, scale, clip_x0, inner, abar.numel(),
+        HAS_CFG=has_cfg, MODE=mode, WRITE_XC=x_corr_out is not None, CLIP=clip_x0 > 0 and not thresholding,
+        THRESHOLD=thresholding, BLOCK=block, num_warps=_NUM_WARPS)
+
+
+def dpmpp_2m_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, clip_x0, th_ratio, th_max, out,
+                  x0_out, *, wrap: Wrap = _identity) -> None:
+    solver_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, None, None, None, 2, clip_x0, th_ratio,
+                th_max, out, x0_out, None, wrap=wrap)
+
+
+def unipc_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, x_last, x0_prev2, t_last2,
+               predictor_order, clip_x0, th_ratio, th_max, out, x0_out, x_corr_out, *, wrap: Wrap = _identity) -> None:
+    solver_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, x_last, x0_prev2, t_last2,
+                predictor_order, clip_x0, th_ratio, th_max, out, x0_out, x_corr_out, wrap=wrap)
+
+
+def heun_step(x, v, v_next, dt: float, out, *, wrap: Wrap = _identity) -> None:
+    numel = x.numel()
+    if numel == 0:
+        return
+    block = _block(numel)
+    wrap(_heun_step_kernel)[(triton.cdiv(numel, block),)](x, v, v_next, out, numel, 0.5 * dt, BLOCK=block,
+                                                          num_warps=_NUM_WARPS)
+
+
 def ddpm_step(x_t, eps_u, eps_c: Optional[torch.Tensor], scale: float, abar, t, t_prev,
               noise: Optional[torch.Tensor], variance_code: int, predicted_variance: Optional[torch.Tensor],
               clip_x0: float, th_ratio: float, th_max: float, out, *, wrap: Wrap = _identity) -> None:
@@ -546,25 +676,8 @@ def ddpm_step(x_t, eps_u, eps_c: Optional[torch.Tensor], scale: float, abar, t, 
     # identical for the compiled and the traced (wrap_triton) paths.
     eps_c_arg = eps_c if has_cfg else x_t
     thresholding = th_ratio > 0
-    s = x_t
-    if thresholding:
-        # The rank and weight of torch.quantile's interpolation, in float32 as torch takes them.
-        rank = float(np.float32(th_ratio) * np.float32(inner - 1))
-        k_lo, k_hi = int(math.floor(rank)), int(math.ceil(rank))
-        w = float(np.float32(rank) - np.float32(k_lo))
-        s = torch.empty(n, dtype=torch.float32, device=x_t.device)
-        if inner <= THRESHOLD_FUSED_MAX:  # one program per sample, the sample in registers
-            wrap(_threshold_kernel)[(n,)](
-                x_t, eps_u, eps_c_arg, abar, t, s, scale, inner, abar.numel(), k_lo, k_hi, w, th_max,
-                HAS_CFG=has_cfg, BLOCK=max(16, triton.next_power_of_2(inner)), num_warps=_THRESHOLD_WARPS)
-        else:  # radix select over the whole grid: four histogram passes, then s
-            hist = torch.zeros(4 * n * 2 * 256 + n, dtype=torch.int32, device=x_t.device)
-            rblock = _RADIX_BLOCK
-            for p in range(4):
-                wrap(_radix_hist_kernel)[(triton.cdiv(inner, rblock), n)](
-                    x_t, eps_u, eps_c_arg, abar, t, hist, scale, inner, abar.numel(), n, k_lo, k_hi,
-                    PASS=p, HAS_CFG=has_cfg, BLOCK=rblock, num_warps=_NUM_WARPS)
-            wrap(_radix_finish_kernel)[(n,)](hist, s, n, k_lo, k_hi, w, th_max, num_warps=1)
+    s = _threshold_scales(x_t, eps_u, eps_c_arg, has_cfg, scale, abar, t, th_ratio, th_max, wrap) \
+        if thresholding else x_t
     wrap(_ddpm_step_kernel)[grid](
         x_t, eps_u, eps_c_arg,
         predicted_variance if predicted_variance is not None else x_t,

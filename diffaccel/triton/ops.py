@@ -80,6 +80,31 @@ def masked_project_triton(x_t: Tensor, x_orig: Tensor, mask: Tensor, noise: Tens
     kernels.masked_project(x_t, x_orig, mask, noise, abar, t, out, wrap=wrap_triton)
 
 
+@triton_op("diffaccel::dpmpp_2m_step_triton", mutates_args={"out", "x0_out"})
+def dpmpp_2m_step_triton(x_t: Tensor, eps_u: Tensor, eps_c: Optional[Tensor], scale: float, abar: Tensor, t: Tensor,
+                         t_prev: Tensor, x0_prev: Optional[Tensor], t_last: Optional[Tensor], clip_x0: float,
+                         th_ratio: float, th_max: float, out: Tensor, x0_out: Tensor) -> None:
+    """DPM-Solver++(2M); see :func:`reference.dpmpp_2m_step`."""
+    kernels.dpmpp_2m_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, clip_x0, th_ratio, th_max,
+                          out, x0_out, wrap=wrap_triton)
+
+
+@triton_op("diffaccel::unipc_step_triton", mutates_args={"out", "x0_out", "x_corr_out"})
+def unipc_step_triton(x_t: Tensor, eps_u: Tensor, eps_c: Optional[Tensor], scale: float, abar: Tensor, t: Tensor,
+                      t_prev: Tensor, x0_prev: Optional[Tensor], t_last: Optional[Tensor], x_last: Optional[Tensor],
+                      x0_prev2: Optional[Tensor], t_last2: Optional[Tensor], predictor_order: int, clip_x0: float,
+                      th_ratio: float, th_max: float, out: Tensor, x0_out: Tensor, x_corr_out: Tensor) -> None:
+    """UniPC bh2 (corrector + predictor); see :func:`reference.unipc_step`."""
+    kernels.unipc_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, x_last, x0_prev2, t_last2,
+                       predictor_order, clip_x0, th_ratio, th_max, out, x0_out, x_corr_out, wrap=wrap_triton)
+
+
+@triton_op("diffaccel::heun_step_triton", mutates_args={"out"})
+def heun_step_triton(x: Tensor, v: Tensor, v_next: Tensor, dt: float, out: Tensor) -> None:
+    """Flow matching, second-order Heun: ``out = x + dt/2 (v + v_next)``."""
+    kernels.heun_step(x, v, v_next, dt, out, wrap=wrap_triton)
+
+
 def _impl(name: str):
     # The interpreter cannot trace (see the module docstring): call its launcher directly.
     return getattr(kernels, name) if INTERPRETED else getattr(torch.ops.diffaccel, f"{name}_triton").default
@@ -99,6 +124,9 @@ class Backend:
     ddim_step = staticmethod(_impl("ddim_step"))
     gaussian_filter = staticmethod(_impl("gaussian_filter"))
     masked_project = staticmethod(_impl("masked_project"))
+    dpmpp_2m_step = staticmethod(_impl("dpmpp_2m_step"))
+    unipc_step = staticmethod(_impl("unipc_step"))
+    heun_step = staticmethod(_impl("heun_step"))
 
     @staticmethod
     def supports(device: torch.device) -> bool:
@@ -107,5 +135,6 @@ class Backend:
 
 __all__ = [
     "Backend", "add_noise_triton", "predict_x0_triton", "cfg_combine_triton", "ddpm_step_triton",
-    "ddim_step_triton", "gaussian_filter_triton", "masked_project_triton",
+    "ddim_step_triton", "gaussian_filter_triton", "masked_project_triton", "dpmpp_2m_step_triton",
+    "unipc_step_triton", "heun_step_triton",
 ]

@@ -1,0 +1,47 @@
+// Plain parameter structs of the long step ops, shared by the CPU kernels (csrc/cpu) and the CUDA
+// launchers (csrc/cuda/launchers.h): the schema's argument list is turned into one of these once
+// (csrc/solver_step.h), and everything below passes the struct. No PyTorch or CUDA headers, so
+// nvcc and a host compiler can both include it.
+#pragma once
+
+#include <cstdint>
+
+namespace diffaccel {
+
+// A multistep solver step (dpmpp_2m_step, unipc_step; reference.dpmpp_2m_step / unipc_step).
+// Images: contiguous [n, inner], one storage dtype; nullptr = an absent optional input. Any
+// output may alias any input (each element is read before it is written); outputs are distinct.
+struct SolverStepParams {
+  const void* x_t = nullptr;
+  const void* eps_uncond = nullptr;
+  const void* eps_cond = nullptr;  // nullptr: no guidance, else eps = eps_u + scale (eps_c - eps_u)
+  float scale = 1.0f;
+  const float* alphas_cumprod = nullptr;
+  int64_t num_timesteps = 0;
+  const int64_t* t = nullptr;       // [n]
+  const int64_t* t_prev = nullptr;  // [n], -1 = the final step
+  const void* x0_prev = nullptr;    // history: x0 of the previous step, at t_last
+  const int64_t* t_last = nullptr;
+  const void* x_last = nullptr;     // UniC corrector: the previous step's sample (at t_last)
+  const void* x0_prev2 = nullptr;   // second-order corrector: x0 at t_last2
+  const int64_t* t_last2 = nullptr;
+  int32_t predictor_order = 2;
+  float clip_x0 = 0.0f;          // <= 0: no clipping
+  float threshold_ratio = 0.0f;  // <= 0: no dynamic thresholding
+  float threshold_max = 0.0f;
+  void* out = nullptr;         // x_prev
+  void* x0_out = nullptr;      // x0 (the next step's x0_prev)
+  void* x_corr_out = nullptr;  // the corrected sample (nullptr: not written)
+  int64_t n = 0, inner = 0;
+
+  // Which history terms the step uses (uniform over the batch).
+  enum Mode : int32_t { kFirstOrder = 0, kPredictor2 = 1, kCorrector1 = 2, kCorrector2 = 3 };
+  Mode mode() const {
+    if (x0_prev2 != nullptr) return kCorrector2;
+    if (x_last != nullptr) return kCorrector1;
+    if (x0_prev != nullptr && predictor_order == 2) return kPredictor2;
+    return kFirstOrder;
+  }
+};
+
+}  // namespace diffaccel

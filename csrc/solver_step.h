@@ -1,0 +1,96 @@
+// The schema-level entry points of the multistep solver ops, written once for every device:
+// argument checks, then a SolverStepParams (params.h) handed to the device's runner. The CPU
+// (csrc/cpu/solver_ops.cpp) and CUDA (csrc/cuda/register.cpp) registrations instantiate them
+// with their runner, so the long argument list lives here and in the schema only.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+#include "checks.h"
+#include "params.h"
+
+namespace diffaccel {
+
+// A device's implementation: reads and writes through the params; x_t gives dtype and device.
+using SolverRunner = void (*)(const SolverStepParams&, const at::Tensor& x_t);
+
+inline const void* opt_data(const std::optional<at::Tensor>& x) { return x.has_value() ? x->const_data_ptr() : nullptr; }
+inline const int64_t* opt_steps(const std::optional<at::Tensor>& x) {
+  return x.has_value() ? x->const_data_ptr<int64_t>() : nullptr;
+}
+
+inline SolverStepParams solver_params(const at::Tensor& x_t, const at::Tensor& eps_u,
+                                      const std::optional<at::Tensor>& eps_c, double scale, const at::Tensor& abar,
+                                      const at::Tensor& t, const at::Tensor& t_prev,
+                                      const std::optional<at::Tensor>& x0_prev, const std::optional<at::Tensor>& t_last,
+                                      const std::optional<at::Tensor>& x_last,
+                                      const std::optional<at::Tensor>& x0_prev2,
+                                      const std::optional<at::Tensor>& t_last2, int64_t predictor_order,
+                                      double clip_x0, double threshold_ratio, double threshold_max,
+                                      const at::Tensor& out, const at::Tensor& x0_out, const at::Tensor* x_corr_out) {
+  check_image("x_t", x_t);
+  check_like("eps_uncond", eps_u, x_t);
+  check_optional_like("eps_cond", eps_c, x_t);
+  check_optional_like("x0_prev", x0_prev, x_t);
+  check_optional_like("x_last", x_last, x_t);
+  check_optional_like("x0_prev2", x0_prev2, x_t);
+  check_like("out", out, x_t);
+  check_like("x0_out", x0_out, x_t);
+  if (x_corr_out != nullptr) check_like("x_corr_out", *x_corr_out, x_t);
+  check_step_schedule(x_t, abar, t, t_prev);
+  check_solver_history(x_t, abar, x0_prev, t_last, x_last, x0_prev2, t_last2, predictor_order);
+  check_threshold_options(threshold_ratio, threshold_max);
+  SolverStepParams p;
+  p.x_t = x_t.const_data_ptr();
+  p.eps_uncond = eps_u.const_data_ptr();
+  p.eps_cond = opt_data(eps_c);
+  p.scale = static_cast<float>(scale);
+  p.alphas_cumprod = abar.const_data_ptr<float>();
+  p.num_timesteps = abar.numel();
+  p.t = t.const_data_ptr<int64_t>();
+  p.t_prev = t_prev.const_data_ptr<int64_t>();
+  p.x0_prev = opt_data(x0_prev);
+  p.t_last = opt_steps(t_last);
+  p.x_last = opt_data(x_last);
+  p.x0_prev2 = opt_data(x0_prev2);
+  p.t_last2 = opt_steps(t_last2);
+  p.predictor_order = static_cast<int32_t>(predictor_order);
+  p.clip_x0 = static_cast<float>(clip_x0);
+  p.threshold_ratio = static_cast<float>(threshold_ratio);
+  p.threshold_max = static_cast<float>(threshold_max);
+  p.out = out.data_ptr();
+  p.x0_out = x0_out.data_ptr();
+  p.x_corr_out = x_corr_out != nullptr ? x_corr_out->data_ptr() : nullptr;
+  p.n = x_t.size(0);
+  p.inner = x_t.size(0) == 0 ? 0 : x_t.numel() / x_t.size(0);
+  return p;
+}
+
+// dpmpp_2m_step: the UniP predictor of order 2 without corrector (they coincide for B(h) = expm1(-h)).
+template <SolverRunner Run>
+void dpmpp_2m_step_op(const at::Tensor& x_t, const at::Tensor& eps_u, const std::optional<at::Tensor>& eps_c,
+                      double scale, const at::Tensor& abar, const at::Tensor& t, const at::Tensor& t_prev,
+                      const std::optional<at::Tensor>& x0_prev, const std::optional<at::Tensor>& t_last,
+                      double clip_x0, double threshold_ratio, double threshold_max, at::Tensor out,
+                      at::Tensor x0_out) {
+  Run(solver_params(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, std::nullopt, std::nullopt,
+                    std::nullopt, 2, clip_x0, threshold_ratio, threshold_max, out, x0_out, nullptr),
+      x_t);
+}
+
+template <SolverRunner Run>
+void unipc_step_op(const at::Tensor& x_t, const at::Tensor& eps_u, const std::optional<at::Tensor>& eps_c,
+                   double scale, const at::Tensor& abar, const at::Tensor& t, const at::Tensor& t_prev,
+                   const std::optional<at::Tensor>& x0_prev, const std::optional<at::Tensor>& t_last,
+                   const std::optional<at::Tensor>& x_last, const std::optional<at::Tensor>& x0_prev2,
+                   const std::optional<at::Tensor>& t_last2, int64_t predictor_order, double clip_x0,
+                   double threshold_ratio, double threshold_max, at::Tensor out, at::Tensor x0_out,
+                   at::Tensor x_corr_out) {
+  Run(solver_params(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, x_last, x0_prev2, t_last2,
+                    predictor_order, clip_x0, threshold_ratio, threshold_max, out, x0_out, &x_corr_out),
+      x_t);
+}
+
+}  // namespace diffaccel
