@@ -52,6 +52,16 @@ def _splitmix64(z: int) -> int:
     return z ^ (z >> 31)
 
 
+def _fmix64(k: int) -> int:
+    """MurmurHash3's 64-bit finalizer: another bijection, so a seed's high half is keyed by a
+    function unrelated to the one that hashes ``(seed, index)``."""
+    k ^= k >> 33
+    k = (k * 0xFF51AFD7ED558CCD) & _M64
+    k ^= k >> 33
+    k = (k * 0xC4CEB9FE1A85EC53) & _M64
+    return k ^ (k >> 33)
+
+
 def stream_seed(seed: int, index: int) -> int:
     """A 32-bit seed for sample ``index`` of run ``seed``: splitmix64 of the pair, folded to 32 bits.
 
@@ -59,7 +69,7 @@ def stream_seed(seed: int, index: int) -> int:
     mixed rather than packed: packing ``seed * 2**32 + index`` would drop ``seed`` entirely.
     ``seed`` is any int in ``[0, 2**64)``, ``index`` in ``[0, 2**32)``. Seeds below ``2**32`` hash
     ``seed << 32 | index``; the high 32 bits of a larger seed are mixed in by a second round
-    (``splitmix64(z ^ splitmix64(seed >> 32))``), so ``seed`` and ``seed + 2**32`` draw unrelated
+    (``splitmix64(z ^ fmix64(seed >> 32))``), so ``seed`` and ``seed + 2**32`` draw unrelated
     streams while seeds below ``2**32`` keep the streams (and the digits) they always had.
     """
     seed, index = int(seed), int(index)
@@ -69,7 +79,7 @@ def stream_seed(seed: int, index: int) -> int:
         raise ArgumentError(f"the sample index must be in [0, 2**32), got {index} (start_index too large?)")
     z = _splitmix64((seed & _M32) << 32 | index)
     if seed >> 32:
-        z = _splitmix64(z ^ _splitmix64(seed >> 32))
+        z = _splitmix64(z ^ _fmix64(seed >> 32))
     return (z ^ (z >> 32)) & _M32
 
 
