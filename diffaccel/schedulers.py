@@ -65,6 +65,12 @@ from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
+
+try:
+    import diffusers  # noqa: F401  (the base classes and output types below are diffusers')
+except ModuleNotFoundError as e:
+    raise ModuleNotFoundError('diffaccel.schedulers needs diffusers: pip install "diffaccel[diffusers]"',
+                              name=e.name) from e
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
@@ -74,6 +80,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from . import functional as F
 from . import reference as ref
 from . import schedules
+from .errors import ArgumentError
 
 __all__ = ["DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler",
            "DDPMSchedulerOutput", "DDIMSchedulerOutput", "SchedulerOutput"]
@@ -124,6 +131,13 @@ class _FusedScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"prediction_type must be one of {_PREDICTION_TYPES}, got {self.config.prediction_type!r}")
         if self.config.timestep_spacing not in _SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {_SPACINGS}, got {self.config.timestep_spacing!r}")
+        T = self.config.num_train_timesteps
+        if betas.ndim != 1 or betas.numel() != T:
+            raise ArgumentError(f"trained_betas must hold one beta per training timestep, num_train_timesteps = {T}; "
+                                f"got shape {tuple(betas.shape)} (pass num_train_timesteps={betas.numel()} "
+                                "with them, or other betas)")
+        if not torch.isfinite(betas).all():
+            raise ArgumentError("trained_betas must be finite numbers, got NaN or Inf")
         self.betas = betas
         self.alphas = 1.0 - betas
         self.alphas_cumprod = schedules.alphas_cumprod(betas)

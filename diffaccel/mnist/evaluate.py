@@ -10,11 +10,12 @@ from typing import Optional, Sequence
 import torch
 
 from .. import functional as F
+from .._checks import check_bool, check_int
 from .classifier import accuracy, features, frechet_distance, load_classifier
 from .data import mnist_tensors
 from .pretrained import MNISTDiffusion
 from ..samplers import nfe
-from .sampling import resolve_sampler, sample
+from .sampling import check_sample_args, sample
 
 SIGMAS = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
 
@@ -50,8 +51,12 @@ def evaluate_generator(model: MNISTDiffusion, n: int = 10000, guidance_scale: fl
                        num_steps: Optional[int] = None, sampler: Optional[str] = None, seed: int = 0, data_dir=None,
                        classifier=None, progress: bool = True) -> dict:
     """Sample ``n`` digits (``sampler``: see :func:`~diffaccel.mnist.sampling.sample`; ``None`` is the
-    model's default, "ddpm" or "euler") and score them: label accuracy and Fréchet distance."""
-    sampler = resolve_sampler(model, sampler)
+    model's default, "ddpm" or "euler") and score them: label accuracy and Fréchet distance.
+    The arguments are checked as :func:`~diffaccel.mnist.sampling.sample` checks them, before the
+    classifier and the test set are loaded."""
+    guidance_scale, num_steps, seed, sampler = check_sample_args(model, guidance_scale, num_steps, seed, sampler)
+    n = check_int("n", n, min=1, what=" (how many digits to sample)")
+    check_bool("progress", progress)
     clf = classifier or load_classifier()
     xt, _ = mnist_tensors("test", root=data_dir)
     t0 = time.time()

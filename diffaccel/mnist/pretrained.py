@@ -12,7 +12,8 @@ from typing import Optional, Union
 
 import torch
 
-from ..errors import ArgumentError, FileFormatError, MissingFileError
+from .._checks import check_optional_int
+from ..errors import ArgumentError, ArgumentTypeError, FileFormatError, MissingFileError
 from ..schedules import ddpm_linear_schedule
 from .checkpoint import load_json, load_tensors
 from .models import UNet, UNetConfig, load_weights
@@ -129,12 +130,28 @@ def pretrained_epochs(name: str) -> list:
     return sorted(int(p.name[len(name) + 6:-12]) for p in WEIGHTS_DIR.glob(f"{name}.epoch*.safetensors"))
 
 
+def _check_load_args(name, device, epoch) -> None:
+    if not isinstance(name, (str, os.PathLike)):
+        raise ArgumentTypeError(f"name must be a shipped model's name {list_pretrained()} or a training output "
+                                f"folder (a str or path), got {type(name).__name__}")
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device, int)):
+        raise ArgumentTypeError(f"device must be a str, int or torch.device such as 'cpu' or 'cuda', "
+                                f"got {type(device).__name__}")
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ArgumentError(f"device {device!r} is not a torch device; use cpu, cuda, cuda:N or mps") from e
+    check_optional_int("epoch", epoch, min=1, what=" (the snapshot after that epoch)")
+
+
 def load_pretrained(name: str, device: Union[str, torch.device] = "cpu", epoch: Optional[int] = None) -> MNISTDiffusion:
     """Load a shipped model by name (see :func:`list_pretrained`) or a training output folder.
 
     ``epoch=k`` loads the snapshot taken after epoch k (shipped for the figures "after epoch 1
-    / 5"; for a training folder, ``epochs/epoch_00k.safetensors``).
+    / 5"; for a training folder, ``epochs/epoch_00k.safetensors``). ``name`` is a string or a
+    path, ``device`` anything ``torch.device`` takes, ``epoch`` None or an int >= 1.
     """
+    _check_load_args(name, device, epoch)
     p = Path(name)
     if p.is_dir():
         weights = p / "epochs" / f"epoch_{epoch:03d}.safetensors" if epoch else None

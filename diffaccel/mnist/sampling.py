@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .._checks import check_bool, check_callable, check_finite, check_int, check_optional_int, check_seed
 from ..errors import ArgumentError, ArgumentTypeError
+from ..functional import BACKENDS
 from ..samplers import (DDPM_SAMPLERS, FLOW_SAMPLERS, Guided, flow_times, get_sampler, nfe, replay_cuda_graph,
                         sample_ddpm)
 from .models import one_hot
@@ -37,26 +39,55 @@ GUIDED_CHUNK = int(os.environ.get("DIFFACCEL_GUIDED_CHUNK", "16"))
 AUTO_COMPILE_WORK = 10_000
 
 
+_M32, _M64 = 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF
+#: Sample indices are 32-bit: ``start_index + n <= INDEX_LIMIT``.
+INDEX_LIMIT = 2 ** 32
+
+
+def _splitmix64(z: int) -> int:
+    """splitmix64's output function (Steele, Lea & Flood 2014): a bijection of 64-bit ints."""
+    z = (z + 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def _fmix64(k: int) -> int:
+    """MurmurHash3's 64-bit finalizer: another bijection, so a seed's high half is keyed by a
+    function unrelated to the one that hashes ``(seed, index)``."""
+    k ^= k >> 33
+    k = (k * 0xFF51AFD7ED558CCD) & _M64
+    k ^= k >> 33
+    k = (k * 0xC4CEB9FE1A85EC53) & _M64
+    return k ^ (k >> 33)
+
+
 def stream_seed(seed: int, index: int) -> int:
-    """A 32-bit seed for sample ``index`` of run ``seed`` (splitmix64 of the pair).
+    """A 32-bit seed for sample ``index`` of run ``seed``: splitmix64 of the pair, folded to 32 bits.
 
     PyTorch's CPU generator (mt19937) keeps only 32 bits of its seed, so ``(seed, index)`` is
     mixed rather than packed: packing ``seed * 2**32 + index`` would drop ``seed`` entirely.
+    ``seed`` is any int in ``[0, 2**64)``, ``index`` in ``[0, 2**32)``. Seeds below ``2**32`` hash
+    ``seed << 32 | index``; the high 32 bits of a larger seed are mixed in by a second round
+    (``splitmix64(z ^ fmix64(seed >> 32))``), so ``seed`` and ``seed + 2**32`` draw unrelated
+    streams while seeds below ``2**32`` keep the streams (and the digits) they always had.
     """
-    z = ((seed & 0xFFFFFFFF) << 32 | (index & 0xFFFFFFFF)) + 0x9E3779B97F4A7C15
-    z &= 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    z ^= z >> 31
-    return (z ^ (z >> 32)) & 0xFFFFFFFF
+    seed, index = int(seed), int(index)
+    if not 0 <= seed < 2 ** 64:
+        raise ArgumentError(f"seed must be an int in [0, 2**64), got {seed}")
+    if not 0 <= index < INDEX_LIMIT:
+        raise ArgumentError(f"the sample index must be in [0, 2**32), got {index} (start_index too large?)")
+    z = _splitmix64((seed & _M32) << 32 | index)
+    if seed >> 32:
+        z = _splitmix64(z ^ _fmix64(seed >> 32))
+    return (z ^ (z >> 32)) & _M32
 
 
 class PerSampleNoise:
     """Independent N(0, I) streams, one per sample index, seeded by :func:`stream_seed`."""
 
     def __init__(self, seed: int, indices: Sequence[int], shape, device="cpu"):
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
+        seed = check_seed(seed)
         self.gens = [torch.Generator().manual_seed(stream_seed(seed, int(i))) for i in indices]
         self.shape = tuple(shape)
         self.device = torch.device(device)
@@ -88,30 +119,77 @@ class PerSampleNoise:
 
 
 def ddpm_timesteps(num_train_timesteps: int, num_steps: Optional[int] = None) -> list:
-    """Descending timestep indices: all of T-1..0, or ``num_steps`` evenly strided ones ending at 0."""
-    if num_steps is None or num_steps >= num_train_timesteps:
-        return list(range(num_train_timesteps - 1, -1, -1))
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    ts = torch.linspace(num_train_timesteps - 1, 0, num_steps).round().long().tolist()
+    """Descending timestep indices: all of T-1..0, or ``num_steps`` (1..T) evenly strided ones ending at 0."""
+    T = num_train_timesteps
+    if num_steps is None:
+        return list(range(T - 1, -1, -1))
+    num_steps = check_int("num_steps", num_steps, min=1, max=T, what=f" (this DDPM model has T = {T} timesteps)")
+    if num_steps == T:
+        return list(range(T - 1, -1, -1))
+    ts = torch.linspace(T - 1, 0, num_steps).round().long().tolist()
     return sorted(set(ts), reverse=True)
 
 
+def _check_labels(labels) -> Optional[torch.Tensor]:
+    """``labels`` (None, a sequence of ints or an integer tensor) as a 1-D int64 tensor."""
+    if labels is None:
+        return None
+    expected = "a sequence of digits 0..9 (a list of ints or an integer tensor)"
+    if isinstance(labels, (str, bytes)) or not (isinstance(labels, torch.Tensor) or hasattr(labels, "__len__")):
+        raise ArgumentTypeError(f"labels must be {expected}, got {type(labels).__name__} {labels!r}")
+    try:
+        t = labels.detach() if isinstance(labels, torch.Tensor) else torch.as_tensor(labels)
+    except (TypeError, ValueError, RuntimeError):
+        raise ArgumentTypeError(f"labels must be {expected}, got {labels!r}") from None
+    if t.numel() == 0:
+        raise ArgumentError("labels is empty: give at least one digit (or labels=None and n=...)")
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise ArgumentTypeError(f"labels must be {expected}, got {t.dtype} values {t.reshape(-1).tolist()[:10]}")
+    if t.ndim > 1:
+        raise ArgumentError(f"labels must be {expected} (1-D), got shape {tuple(t.shape)}")
+    return t.long().reshape(-1)
+
+
 def _labels_for(model: MNISTDiffusion, labels, n: Optional[int]) -> tuple:
+    n = check_optional_int("n", n, min=1, what=" (how many digits)")
+    labels = _check_labels(labels)
     if labels is None:
         if n is None:
-            raise ValueError("give labels (class-conditional) or n (how many digits)")
+            raise ArgumentError("give labels (class-conditional) or n (how many digits)")
         labels = torch.arange(n) % 10 if model.conditioning == "class" else None
     else:
-        labels = torch.as_tensor(labels).long().reshape(-1)
         if n is not None and n != labels.numel():
-            raise ValueError(f"n={n} but {labels.numel()} labels were given")
+            raise ArgumentError(f"n={n} but {labels.numel()} labels were given")
         if model.conditioning != "class":
-            raise ValueError(f"model {model.name!r} is not class-conditional; drop labels (use n=...)")
-        if labels.numel() and (labels.min() < 0 or labels.max() > 9):
-            raise ValueError(f"labels must be digits 0..9, got {labels.tolist()[:10]}")
+            raise ArgumentError(f"model {model.name!r} is not class-conditional; drop labels (use n=...)")
+        if labels.min() < 0 or labels.max() > 9:
+            raise ArgumentError(f"labels must be digits 0..9, got {labels.tolist()[:10]}")
         n = labels.numel()
     return labels, n
+
+
+def check_sample_args(model, guidance_scale, num_steps, seed, sampler) -> Tuple[float, Optional[int], int, str]:
+    """The arguments :func:`sample` and :func:`~diffaccel.mnist.evaluate.evaluate_generator` share,
+    checked before any work: ``model`` a generative :class:`MNISTDiffusion`, ``guidance_scale``
+    finite, ``num_steps`` None or an int in ``[1, T]`` (DDPM) / ``>= 1`` (flow), ``seed`` an int
+    in ``[0, 2**64)``, ``sampler`` one of the model kind's. Returns them normalised (the sampler
+    resolved: ``None`` is the model's default)."""
+    if not isinstance(model, MNISTDiffusion):
+        raise ArgumentTypeError(f"model must be an MNISTDiffusion (from load_pretrained(name) or "
+                                f"MNISTDiffusion.from_train_dir(path)), got {type(model).__name__}")
+    if model.kind not in ("ddpm", "flow"):
+        raise ArgumentError(f"model {model.name!r} is a one-step {model.kind}, not a generative model")
+    guidance_scale = check_finite("guidance_scale", guidance_scale)
+    if model.kind == "ddpm":
+        T = model.num_timesteps
+        num_steps = check_optional_int("num_steps", num_steps, min=1, max=T,
+                                       what=f" (this DDPM model has T = {T} timesteps)")
+    else:
+        num_steps = check_optional_int("num_steps", num_steps, min=1, what=" (flow solver steps)")
+    seed = check_seed(seed)
+    if sampler is not None and not isinstance(sampler, str):
+        raise ArgumentTypeError(f"sampler must be a string such as 'ddpm', got {type(sampler).__name__}")
+    return guidance_scale, num_steps, seed, resolve_sampler(model, sampler)
 
 
 def resolve_sampler(model: MNISTDiffusion, sampler: Optional[str]) -> str:
@@ -150,7 +228,7 @@ def _schedule(model: MNISTDiffusion, num_steps: Optional[int], sampler: str = "d
         if sampler in ("dpmpp_2m", "unipc") and num_steps is not None:
             return solver_timesteps(model.num_timesteps, num_steps) + [-1]
         return ddpm_timesteps(model.num_timesteps, num_steps) + [-1]
-    return flow_times(num_steps or 300)
+    return flow_times(300 if num_steps is None else num_steps)
 
 
 def _noise_draws(ts: list, sampler: str) -> int:
@@ -223,8 +301,6 @@ def _run_sampler(model: MNISTDiffusion, sampler: str, fn, x: torch.Tensor, ts: l
 @torch.inference_mode()
 def _sample_batch(model: MNISTDiffusion, labels, indices, guidance_scale, num_steps, seed, sampler,
                   callback, progress, backend, compile, precision, graphs: Optional[dict] = None):
-    if model.kind not in ("ddpm", "flow"):
-        raise ArgumentError(f"model {model.name!r} is a one-step {model.kind}, not a generative model")
     dev = model.device
     n = len(indices)
     ts = _schedule(model, num_steps, sampler)
@@ -276,7 +352,12 @@ def sample(model: MNISTDiffusion, labels: Union[Sequence[int], torch.Tensor, Non
     times). Model evaluations per step: one, except Heun's
     two (``samplers.nfe``: Heun with n steps costs 2n - 1).
 
-    Sample ``k`` uses the noise stream ``(seed, start_index + k)``. The UNet runs with BatchNorm
+    Sample ``k`` uses the noise stream ``(seed, start_index + k)`` (:func:`stream_seed`): ``seed`` is
+    any int in ``[0, 2**64)``, sample indices are 32-bit (``start_index + n <= 2**32``). Every
+    argument is checked before any work (:func:`check_sample_args`; a wrong type raises
+    :class:`~diffaccel.errors.ArgumentTypeError`, a value out of range
+    :class:`~diffaccel.errors.ArgumentError`): ``n``, ``num_steps`` and ``batch_size`` are ints
+    >= 1 (``num_steps`` <= T for DDPM models), ``guidance_scale`` is finite. The UNet runs with BatchNorm
     folded and channels-last (:mod:`diffaccel.mnist.inference`). On the CPU, guidance is one
     forward per step that computes ``eps_u + g (eps_c - eps_u)`` sharing the class-independent work
     (:class:`~diffaccel.mnist.inference.GuidedUNet`: encoder, skip halves and head once; about
@@ -295,18 +376,20 @@ def sample(model: MNISTDiffusion, labels: Union[Sequence[int], torch.Tensor, Non
     ``callback(info)`` gets ``i``, ``t``, ``t_prev``, ``x`` and ``x0_hat`` per step
     (:mod:`diffaccel.samplers`; the tensors are the loop's buffers: copy what you keep).
     """
+    guidance_scale, num_steps, seed, sampler = check_sample_args(model, guidance_scale, num_steps, seed, sampler)
+    labels, n = _labels_for(model, labels, n)
+    batch_size = check_int("batch_size", batch_size, min=1)
+    start_index = check_int("start_index", start_index, min=0, max=INDEX_LIMIT - n,
+                            what=f" (sample indices are 32-bit: start_index + n <= 2**32, n = {n})")
+    check_callable("callback", callback)
+    check_bool("progress", progress)
+    check_bool("cuda_graph", cuda_graph)
+    if compile is not None:
+        check_bool("compile", compile)
+    if backend not in BACKENDS:
+        raise ArgumentError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if precision not in ("fp32", "bf16"):
         raise ArgumentError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-    if sampler is not None and not isinstance(sampler, str):
-        raise ArgumentTypeError(f"sampler must be a string such as 'ddpm', got {type(sampler).__name__}")
-    sampler = resolve_sampler(model, sampler) if model.kind in ("ddpm", "flow") else sampler
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
-        raise ArgumentTypeError(f"guidance_scale must be a number, got {type(guidance_scale).__name__}")
-    labels, n = _labels_for(model, labels, n)
-    if n < 1:
-        raise ArgumentError(f"n must be >= 1, got {n}")
-    if batch_size < 1:
-        raise ArgumentError(f"batch_size must be >= 1, got {batch_size}")
     graphs = None
     if cuda_graph:
         if model.device.type != "cuda":

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from .. import functional as Fn
 from .. import samplers
-from ..errors import ArgumentError
+from .._checks import check_finite, check_int
+from ..errors import ArgumentError, ArgumentTypeError
 from ..samplers import Guided, ModelFn, Output
 from .animation import make_gif
 from .denoisers import Denoiser
@@ -66,10 +67,8 @@ def strided_timesteps(start: Optional[int] = None, stride: Optional[int] = None,
         stride = max(1, round(30 * T / 1000))
     if start is None:
         start = stride * ((T - 1) // stride)
-    if not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"stride must be a positive int, got {stride!r}")
-    if not isinstance(start, int) or not 0 <= start < T:
-        raise ValueError(f"start must be an int in [0, {T - 1}], got {start!r}")
+    stride = check_int("stride", stride, min=1)
+    start = check_int("start", start, min=0, max=T - 1)
     return list(range(start, -1, -stride))
 
 
@@ -79,8 +78,7 @@ def inference_timesteps(num_inference_steps: int, num_train_timesteps: int = 100
     ``[(n-1) k, ..., k, 0, -1]`` with ``k = T // n``: the timesteps ``IFPipeline`` uses (SPEC A0).
     """
     T = int(num_train_timesteps)
-    if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= T:
-        raise ValueError(f"num_inference_steps must be an int in [1, {T}], got {num_inference_steps!r}")
+    num_inference_steps = check_int("num_inference_steps", num_inference_steps, min=1, max=T)
     k = T // num_inference_steps
     return [i * k for i in range(num_inference_steps - 1, -1, -1)] + [-1]
 
@@ -106,10 +104,15 @@ def _check_timesteps(denoiser: Denoiser, timesteps) -> List[int]:
 
 
 def _check_i_start(i_start, ts: List[int]) -> int:
-    if isinstance(i_start, bool) or not isinstance(i_start, int) or not 0 <= i_start < len(ts) - 1:
-        raise ValueError(f"i_start must be an int in [0, {len(ts) - 2}] (an index into the {len(ts)} timesteps), "
-                         f"got {i_start!r}")
-    return i_start
+    return check_int("i_start", i_start, min=0, max=len(ts) - 2,
+                     what=f" (an index into the {len(ts)} timesteps)")
+
+
+def _check_guidance(guidance_scale, optional: bool = True) -> None:
+    """``guidance_scale`` finite (NaN or Inf give black images); None (no guidance) where ``optional``."""
+    if guidance_scale is None and optional:
+        return
+    check_finite("guidance_scale", guidance_scale, " (the CFG scale g)" + (", or None" if optional else ""))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -172,6 +175,7 @@ def _run(denoiser: Denoiser, x: torch.Tensor, timesteps: List[int], i_start: int
     changes ``x`` in place after every step that does not land on the clean image.
     """
     _check_sampler(sampler, step_kwargs)
+    check_int("every", every, min=1, what=" (keep every k-th step)")
     step_kwargs = {k: v for k, v in step_kwargs.items() if v is not None}
     abar = denoiser.alphas_cumprod
     inter: List[torch.Tensor] = []
@@ -276,6 +280,7 @@ def iterative_denoise_cfg(denoiser: Denoiser, x_t: torch.Tensor, i_start: int = 
     comes from the conditional pass. g = 7 for IF (use 5 for the MNIST models). ``sampler`` as
     :func:`iterative_denoise`.
     """
+    _check_guidance(guidance_scale, optional=False)
     denoiser.check_sample(x_t, "x_t")
     ts = _check_timesteps(denoiser, timesteps)
     i_start = _check_i_start(i_start, ts)
@@ -285,8 +290,7 @@ def iterative_denoise_cfg(denoiser: Denoiser, x_t: torch.Tensor, i_start: int = 
 
 
 def _pure_noise(denoiser: Denoiser, num_samples: int, generator) -> torch.Tensor:
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    num_samples = check_int("num_samples", num_samples, min=1)
     like = torch.empty((num_samples, *denoiser.sample_shape), device=denoiser.device)
     return _randn(like, generator)
 
@@ -302,6 +306,7 @@ def sample(denoiser: Denoiser, cond=None, num_samples: int = 1, timesteps=None,
     ``timesteps`` (default: the strided 990..0). For IF's own behaviour pass
     ``dynamic_threshold=(0.95, 1.5)``. ``sampler`` as :func:`iterative_denoise`.
     """
+    _check_guidance(guidance_scale)
     if num_inference_steps is not None:
         if timesteps is not None:
             raise ValueError("give timesteps or num_inference_steps, not both")
@@ -321,6 +326,7 @@ def img2img(denoiser: Denoiser, image: torch.Tensor, cond=None, i_start: int = 1
 
     ``sampler`` as :func:`iterative_denoise`: a 10-step ``"dpmpp_2m"`` / ``"unipc"`` edit starts from
     ``timesteps[i_start]`` of a 10-step schedule (e.g. ``strided_timesteps(stride=T // 10)``)."""
+    _check_guidance(guidance_scale, optional=False)
     ts = _check_timesteps(denoiser, timesteps)
     i_start = _check_i_start(i_start, ts)
     x_t = forward(denoiser, image, ts[i_start], generator)
@@ -333,6 +339,10 @@ def sdedit(denoiser: Denoiser, image: torch.Tensor, i_start_list: Sequence[int] 
            progress: bool = False, sampler: str = "ddpm", **step_kwargs) -> Dict[int, torch.Tensor]:
     """SPEC A1.7 / A1.7.1: the SDEdit sweep; ``{i_start: edited image}`` (canonical range); ``sampler``
     as :func:`img2img`."""
+    _check_guidance(guidance_scale, optional=False)
+    if isinstance(i_start_list, (str, bytes)) or not isinstance(i_start_list, Sequence) or not i_start_list:
+        raise ArgumentTypeError(f"i_start_list must be a non-empty sequence of ints such as (1, 3, 5, 7, 10, 20), "
+                                f"got {i_start_list!r}")
     ts = _check_timesteps(denoiser, timesteps)
     for i in i_start_list:
         _check_i_start(i, ts)
@@ -367,6 +377,7 @@ def inpaint(denoiser: Denoiser, image: torch.Tensor, mask: torch.Tensor, cond=No
     is a hook the sampler runs after each update, so every ``sampler`` of :func:`iterative_denoise`
     inpaints (multistep solvers keep their history of x0 predictions across it).
     """
+    _check_guidance(guidance_scale)
     x_orig = _check_clean(denoiser, image)
     m = _check_mask(denoiser, mask, x_orig.shape[0])
     ts = _check_timesteps(denoiser, timesteps)
@@ -417,6 +428,7 @@ def visual_anagram(denoiser: Denoiser, conds: Sequence, views: Sequence = ("iden
     is linear the guided estimate is the mean of the per-view guided estimates) go through ONE
     forward per step. ``views`` are names (see :func:`views.get_view`) or :class:`View` objects.
     """
+    _check_guidance(guidance_scale)
     if isinstance(conds, (str, int)) or len(conds) < 1:
         raise ValueError("conds must be a list with one condition per view")
     vs = [get_view(v) for v in views]
@@ -441,6 +453,7 @@ def factorized(denoiser: Denoiser, conds: Sequence, factorization="high_low", nu
     of the per-condition CFGs with a single unconditional pass. The variance is the mean of
     the conditional ones.
     """
+    _check_guidance(guidance_scale)
     fac: Factorization = get_factorization(factorization)
     _check_components(fac, conds)
     ts = _check_timesteps(denoiser, timesteps)
