@@ -473,7 +473,8 @@ def test_user_errors_versus_bugs(tmp_path, monkeypatch, capsys):
     garbage = tmp_path / "garbage.json"
     garbage.write_text("{")
     assert is_user_error(caught(load_json, garbage))  # a plain ValueError raised by the package's own check
-    assert not is_user_error(caught(load_json, tmp_path / "missing.json"))  # FileNotFoundError from pathlib
+    assert is_user_error(caught(load_json, tmp_path / "missing.json"))  # the package's MissingFileError
+    assert not is_user_error(caught(lambda p: p.read_text(), tmp_path / "missing.json"))  # FileNotFoundError from pathlib
     assert not is_user_error(caught(torch.zeros(2).view, 3))  # RuntimeError from torch
     assert not is_user_error(caught(_sampling_gif, None, "no-such-section", []))  # KeyError from a dict lookup
     assert not is_user_error(caught(lambda: int("x")))  # ValueError outside the package
