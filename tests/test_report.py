@@ -173,7 +173,6 @@ def test_demo_runs_offline_with_the_shipped_digits(quick_report, tmp_path, monke
 
     monkeypatch.delenv(data.ENV_VAR, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
-    monkeypatch.setattr(data, "_dev_copy", lambda: tmp_path / "no-dev-copy")
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
     monkeypatch.setattr(data, "_fetch", no_network)
     for name in ("download_mnist", "load_mnist", "mnist_tensors"):
