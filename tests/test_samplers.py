@@ -493,7 +493,7 @@ def test_mnist_new_samplers(tiny, kind, sampler):
     noise = MS.PerSampleNoise(2, range(3), (1, 28, 28))
     x = noise.draw()
     with torch.inference_mode():
-        b = MS._run_sampler(m, sampler, fn, x, MS._schedule(m, 5), noise, None, False, "auto").clamp(0, 1)
+        b = MS._run_sampler(m, sampler, fn, x, MS._schedule(m, 5, sampler), noise, None, False, "auto").clamp(0, 1)
     torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
 
 
