@@ -32,10 +32,6 @@ snap
 timeout 45 $PY benchmarks/run.py --device cuda --no-compile --json "$W/ops-cuda.json" > "$W/ops-cuda.md" 2>&1
 log "ops exit $?"
 snap
-# The opt-in one-kernel Triton filter (two Toeplitz matmuls per tile), not yet measured on a GPU.
-DIFFACCEL_TRITON_BLUR=matmul timeout 30 $PY benchmarks/run.py --device cuda --no-compile --backends triton \
-  --ops gaussian_blur highpass hybrid_combine --json "$W/ops-blur-matmul.json" > "$W/ops-blur-matmul.md" 2>&1
-log "blur matmul exit $?"
 timeout 30 $PY benchmarks/gpu_launches.py > "$W/launches.log" 2>&1
 log "launches exit $?"
 snap

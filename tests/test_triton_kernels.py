@@ -294,22 +294,6 @@ def test_float64_storage_uses_float32_math():
            _golden(ref.hybrid_combine, torch.float64, eu, ec, 5, 1.0))
 
 
-# The opt-in one-kernel filter (both passes as Toeplitz matrix products, kernels.BLUR_MATMUL):
-# tiles of 32 x 64 outputs, so these shapes cover partial tiles, several tiles per plane,
-# reflection off both edges and every input combination.
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("shape,kernel_size,sigma", [((1, 2, 17, 23), 33, 2.0), ((2, 1, 40, 70), 5, 0.8),
-                                                      ((1, 1, 70, 150), 33, 2.0), ((1, 3, 9, 9), 1, 1.0)],
-                         ids=["spec", "k5-tiles", "spec-tiles", "k1"])
-@pytest.mark.parametrize("which", ["blur", "highpass", "hybrid"])
-def test_gaussian_filter_matmul(monkeypatch, dtype, shape, kernel_size, sigma, which):
-    monkeypatch.setattr(kernels, "BLUR_MATMUL", True)
-    direct = []
-    monkeypatch.setattr(kernels, "_blur_rows_kernel", lambda *a, **k: direct.append(1))
-    _check_filter(which, dtype, kernel_size, sigma, shape=shape)
-    assert not direct  # the matmul kernel ran, not the two-pass one
-
-
 # ----------------------------------------------------------------------------- tiling
 def test_small_blocks_cover_tails_and_many_programs(monkeypatch):
     """Force tiny blocks/tiles so every kernel runs many programs per sample with ragged tails

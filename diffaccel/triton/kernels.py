@@ -34,7 +34,6 @@ Inputs arrive contiguous (``diffaccel.functional`` guarantees it).
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -452,59 +451,6 @@ def _blur_cols_kernel(hi_ptr, taps_ptr, tlo_ptr, thi_ptr, out_ptr, H, W, ksize, 
     tl.store(out_ptr + dst, res.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _blur_matmul_kernel(lo_ptr, hi_ptr, taps_ptr, out_ptr, H, W, ksize, tiles_h, tiles_w,
-                        HAS_LOW: tl.constexpr, HAS_HIGH: tl.constexpr, BLOCK_H: tl.constexpr,
-                        BLOCK_W: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):
-    """The whole filter in one kernel, both passes as small matrix products (opt-in, see
-    :data:`BLUR_MATMUL`): ``blur(low) + high - blur(high) = blur(low - high) + high``.
-
-    The tile's input with its halo, ``A`` (``ROWS x COLS`` >= ``(BLOCK_H + 2r) x (BLOCK_W + 2r)``,
-    reflect-padded, loaded once), times the banded Toeplitz matrix of the taps gives the
-    horizontal pass for every halo row, ``A @ T_w`` (``ROWS x BLOCK_W``); the vertical pass is
-    ``T_h @ (A @ T_w)`` (``BLOCK_H x BLOCK_W``). The intermediate never leaves registers and each
-    input value is loaded about once; the products run on tensor cores in 3xTF32 (about float32
-    accuracy) where the GPU has them.
-    """
-    pid = tl.program_id(0)
-    plane = pid // (tiles_h * tiles_w)
-    tile = pid % (tiles_h * tiles_w)
-    r0 = (tile // tiles_w) * BLOCK_H
-    c0 = (tile % tiles_w) * BLOCK_W
-    radius = ksize // 2
-    i = tl.arange(0, ROWS)
-    j = tl.arange(0, COLS)
-    # Halo rows / columns, reflected (torchvision's padding); indices beyond one reflection feed
-    # only outputs outside the image, so they load 0.
-    src_r = _reflect(r0 - radius + i, H)
-    src_c = _reflect(c0 - radius + j, W)
-    in_mask = ((src_r >= 0) & (src_r < H) & (i < BLOCK_H + 2 * radius))[:, None] \
-        & ((src_c >= 0) & (src_c < W) & (j < BLOCK_W + 2 * radius))[None, :]
-    base = plane.to(tl.int64) * H * W
-    src = base + src_r[:, None] * W + src_c[None, :]
-    a = tl.zeros([ROWS, COLS], dtype=tl.float32)
-    if HAS_LOW:
-        a += tl.load(lo_ptr + src, mask=in_mask, other=0.0).to(tl.float32)
-    if HAS_HIGH:
-        a -= tl.load(hi_ptr + src, mask=in_mask, other=0.0).to(tl.float32)
-    # T_w[k, c] = taps[k - c] and T_h[r, k] = taps[k - r], zero off the band.
-    cw = tl.arange(0, BLOCK_W)
-    dw = j[:, None] - cw[None, :]
-    t_w = tl.load(taps_ptr + dw, mask=(dw >= 0) & (dw < ksize), other=0.0)
-    rh = tl.arange(0, BLOCK_H)
-    dh = i[None, :] - rh[:, None]
-    t_h = tl.load(taps_ptr + dh, mask=(dh >= 0) & (dh < ksize), other=0.0)
-    rows_blurred = tl.dot(a, t_w, input_precision="tf32x3")
-    res = tl.dot(t_h, rows_blurred, input_precision="tf32x3")
-    rows = r0 + rh[:, None]
-    cols = c0 + cw[None, :]
-    mask = (rows < H) & (cols < W)
-    dst = base + rows * W + cols
-    if HAS_HIGH:
-        res += tl.load(hi_ptr + dst, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + dst, res.to(out_ptr.dtype.element_ty), mask=mask)
-
-
 #: True when ``TRITON_INTERPRET=1`` was set before this module was imported: ``triton.jit``
 #: then returns interpreted functions (numpy on the host) instead of compiled kernels.
 INTERPRETED = not isinstance(_add_noise_kernel, JITFunction)
@@ -512,10 +458,6 @@ INTERPRETED = not isinstance(_add_noise_kernel, JITFunction)
 
 # ----------------------------------------------------------------------------- launch config
 _NUM_WARPS = 4
-#: The filters as one kernel of two small matrix products per tile (_blur_matmul_kernel) instead
-#: of the two-pass direct kernels. Opt-in (``DIFFACCEL_TRITON_BLUR=matmul``) until it is measured
-#: on a GPU: it is tested here only through the interpreter.
-BLUR_MATMUL = os.environ.get("DIFFACCEL_TRITON_BLUR", "direct") == "matmul"
 #: Samples of at most this many values get dynamic thresholding's s from one program each, with
 #: the sample in registers (_threshold_kernel; a 3x64x64 DeepFloyd IF stage-I image is 12288).
 THRESHOLD_FUSED_MAX = 16384
@@ -720,16 +662,6 @@ def gaussian_filter(low: Optional[torch.Tensor], high: Optional[torch.Tensor], k
     h, w = x.shape[-2:]
     planes = x.numel() // (h * w)
     taps = ref.gaussian_kernel1d(kernel_size, sigma, device=x.device)
-    radius = kernel_size // 2
-    if BLUR_MATMUL and radius <= 32:
-        block_h, block_w = 32, 64
-        rows, cols = triton.next_power_of_2(block_h + 2 * radius), triton.next_power_of_2(block_w + 2 * radius)
-        tiles_h, tiles_w = triton.cdiv(h, block_h), triton.cdiv(w, block_w)
-        wrap(_blur_matmul_kernel)[(planes * tiles_h * tiles_w,)](
-            low if low is not None else x, high if high is not None else x, taps, out, h, w, kernel_size,
-            tiles_h, tiles_w, HAS_LOW=low is not None, HAS_HIGH=high is not None, BLOCK_H=block_h,
-            BLOCK_W=block_w, ROWS=rows, COLS=cols, num_warps=8)
-        return
     tmp_lo = torch.empty(x.shape, dtype=torch.float32, device=x.device) if low is not None else taps
     tmp_hi = torch.empty(x.shape, dtype=torch.float32, device=x.device) if high is not None else taps
     block_h, block_w = _tile(h, w)
