@@ -55,7 +55,7 @@ def winograd_available() -> bool:
 
 class WinogradConv3x3(nn.Module):
     """An ``nn.Conv2d(k=3, stride=1, padding=1)`` evaluated on CPU float32 by the C++ Winograd
-    F(4x4, 3x3) kernel (``csrc/cpu/conv_ops.cpp``): 4x fewer multiply-adds, about 2x faster than
+    F(4x4, 3x3) kernel (``csrc/cpu/conv_ops.cpp``): 4x fewer multiply-adds, faster than
     oneDNN's direct convolution on the course UNet's 28x28 layers, and float32 results within
     about 1e-5 of it. The filter is transformed once, here (a snapshot of ``conv``'s weights).
     Any other device or dtype, and bf16 autocast, run ``conv`` itself."""

@@ -32,10 +32,12 @@ NOISE_UP_FRONT = ("cuda",)
 #: How many sampling settings keep their CUDA graphs on the model (``MNISTDiffusion.clear_cuda_graphs``).
 GRAPH_CACHE_SETTINGS = 4
 #: Samples per guided forward (2x that many UNet rows): small enough that a chunk's activations
-#: stay in the CPU caches between layers (measured on the 2-core EPYC: 16 beats 64 by ~10%).
+#: stay in the CPU caches between layers (a tuning knob: 16 measured fastest of 16 / 32 / 64 on the
+#: CPU of the README's tables).
 GUIDED_CHUNK = int(os.environ.get("DIFFACCEL_GUIDED_CHUNK", "16"))
 #: ``compile=None`` compiles the guided UNet when samples x steps reaches this (64 digits x 300
-#: steps does; the tests' tiny runs do not): compiling costs ~10 s once per model, and saves ~10%.
+#: steps does; the tests' tiny runs do not): compiling costs seconds once per model and pays back
+#: over long runs (the README's MNIST table: first call vs warm).
 AUTO_COMPILE_WORK = 10_000
 
 
@@ -315,7 +317,7 @@ def _sample_batch(model: MNISTDiffusion, labels, indices, guidance_scale, num_st
     guided = model.conditioning == "class" and labels is not None and guidance_scale != 1.0
     c = one_hot(labels, n, device=dev) if model.conditioning == "class" else None
     shared = guided and dev.type == "cpu"
-    if compile is None:  # auto: compile where the ~10 s it costs (once per model) pays for itself
+    if compile is None:  # auto: compile where the one-off cost pays for itself
         compile = shared and n * nfe(sampler, len(ts) - 1) >= AUTO_COMPILE_WORK
     fn = _model_fn(model, c, n, guidance_scale, guided, shared, compile, precision == "bf16")
     if graphs is None:

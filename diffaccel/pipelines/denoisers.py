@@ -1,4 +1,4 @@
-"""One denoiser interface for every Part-A technique (SPEC Part A, issue 4).
+"""One denoiser interface for every Part-A technique (SPEC Part A).
 
 A *denoiser* maps ``(x_t, t, cond)`` to the model's noise estimate and, when the model
 predicts one, its variance channels (in [-1, 1], diffusers' ``learned_range``)::
