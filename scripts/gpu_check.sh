@@ -35,6 +35,14 @@ snap
 timeout 30 $PY benchmarks/gpu_launches.py > "$W/launches.log" 2>&1
 log "launches exit $?"
 snap
+# The host CPU's AVX-512 level against AVX2 (issue: keep AVX-512 only where it wins; the CPU
+# machines have no AVX-512). C++ CPU kernels only, side by side in one run.
+if grep -q avx512f /proc/cpuinfo; then
+  timeout 60 $PY benchmarks/run.py --cpu-capability avx2 avx512 --backends cpp --threads 4 --no-compile --quick \
+    --json "$W/ops-cpu-isa.json" > "$W/ops-cpu-isa.md" 2>&1
+  log "cpu isa exit $?"
+  snap
+fi
 MODEL=ddpm_class; [ -d runs-gpu/ddpm_class ] && MODEL=runs-gpu/ddpm_class
 timeout $(( $(left) > 20 ? $(left) - 10 : 10 )) $PY benchmarks/bench_mnist_cuda.py --model "$MODEL" \
   --json "$W/mnist-cuda.json" > "$W/mnist-cuda.log" 2>&1

@@ -2,8 +2,8 @@
 //
 // This file is compiled WITHOUT ISA flags: it and the schemas (csrc/diffaccel.cpp) are all that
 // runs at load time. At load it detects the CPU's features (__builtin_cpu_supports, cpuid plus the
-// OS's XSAVE state), picks the highest level that was built and that the CPU has, or the level
-// DIFFACCEL_CPU_CAPABILITY=generic|avx2|avx512 asks for (a level the CPU lacks or the build left
+// OS's XSAVE state), picks the highest default level (kDefaultCap) that was built and that the CPU
+// has, or the level DIFFACCEL_CPU_CAPABILITY=generic|avx2|avx512 asks for (a level the CPU lacks or the build left
 // out is refused with a warning; the highest available level below it is used), fills the table
 // from that level's object files (kernels.h) and registers forwarding functions for the CPU
 // dispatch key. No code of another level is ever executed. torch.ops.diffaccel.cpu_capability()
@@ -77,6 +77,12 @@ bool cpu_has(Level l) {
 
 bool available(Level l) { return built(l) && cpu_has(l); }
 
+// The highest level `auto` picks. AVX-512 is built and tested but opt-in
+// (DIFFACCEL_CPU_CAPABILITY=avx512) until `benchmarks/run.py --cpu-capability avx2 avx512` shows it
+// winning on an AVX-512 machine: none of this project's machines has had one since it was written,
+// and wider vectors can lose on memory-bound kernels (frequency licences, split loads).
+constexpr Level kDefaultCap = Level::kAvx2;
+
 Level best_at_most(Level cap) {
   for (int l = static_cast<int>(cap); l > 0; --l) {
     if (available(static_cast<Level>(l))) return static_cast<Level>(l);
@@ -89,7 +95,7 @@ Level choose() {
   const char* env = std::getenv("DIFFACCEL_CPU_CAPABILITY");
   std::string req = env == nullptr ? "" : env;
   for (char& c : req) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  if (req.empty() || req == "auto") return best_at_most(Level::kAvx512);
+  if (req.empty() || req == "auto") return best_at_most(kDefaultCap);
   if (req == "default") req = "generic";  // ATen's name for the level
   for (Level l : {Level::kGeneric, Level::kAvx2, Level::kAvx512}) {
     if (req != name(l)) continue;
@@ -100,7 +106,7 @@ Level choose() {
                name(fallback));
     return fallback;
   }
-  const Level best = best_at_most(Level::kAvx512);
+  const Level best = best_at_most(kDefaultCap);
   TORCH_WARN("diffaccel: DIFFACCEL_CPU_CAPABILITY must be auto, generic, avx2 or avx512, got '", env, "'; using ",
              name(best));
   return best;
