@@ -638,6 +638,30 @@ def test_threshold_large_batch_one_sample_matches_torch_quantile(ratio):
     _assert_results(got, want, torch.float32)
 
 
+@pytest.mark.parametrize("where", ["unaligned", "aliased"])
+def test_threshold_streaming_outputs(where):
+    """2 x 4M float32 values = 32 MiB per output: the thresholded step writes with streaming stores
+    (csrc/cpu/solver_ops.cpp). Outputs start one float past a 32-byte boundary (the scalar head
+    before the aligned stores), or alias the inputs they are computed from (x_prev over x_t, x0
+    over x0_prev, the corrected sample over x_last)."""
+    _cpp_ops()
+    d = Inputs((2, 4, 1024, 1024), torch.float32, "cpu")
+    x = d.x_t * 4
+    kw = dict(x0_prev=d.x0_prev, t_last=d.t_last, x_last=d.x_last, dynamic_threshold=(0.95, 1.5))
+    want = ref.unipc_step(x, d.eps, d.abar, d.t, d.t_prev, **kw)
+
+    def unaligned():
+        buf = torch.empty(x.numel() + 16)[1:x.numel() + 1].view(x.shape)
+        assert buf.data_ptr() % 32 != 0
+        return buf
+
+    outs = (unaligned(), unaligned(), unaligned()) if where == "unaligned" else (x, d.x0_prev, d.x_last)
+    got = F.unipc_step(x, d.eps, d.abar, d.t, d.t_prev, backend="cpp", out=outs[0], x0_out=outs[1],
+                       x_corr_out=outs[2], **kw)
+    assert all(g.data_ptr() == o.data_ptr() for g, o in zip(got, outs))
+    _assert_results(got, want, torch.float32)
+
+
 def test_backend_without_the_op_falls_back_under_auto_only(monkeypatch):
     """An extension built before the solver ops existed: "auto" uses the reference, "cpp" says why not."""
     _cpp_ops()

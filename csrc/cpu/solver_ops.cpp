@@ -101,17 +101,22 @@ void run_solver(const SolverStepParams& p, const at::Tensor& x_t) {
                                             in_ptr(p.x0_prev), in_ptr(p.x_last), in_ptr(p.x0_prev2)};
     const std::array<scalar_t*, 3> dst{static_cast<scalar_t*>(p.out), static_cast<scalar_t*>(p.x0_out),
                                        static_cast<scalar_t*>(p.x_corr_out)};
-    auto step = [&](int64_t s, int64_t lo, int64_t hi) {
-      for_each_block_out<6, 3>(in, dst, lo, hi, [&](const auto& f, const auto& o, int64_t n) {
+    // The step over [lo, hi) of sample s; `stream` (std::true_type) writes with streaming stores.
+    auto step_with = [&](auto stream, int64_t s, int64_t lo, int64_t hi) {
+      for_each_block_out<6, 3, decltype(stream)::value>(in, dst, lo, hi, [&](const auto& f, const auto& o, int64_t n) {
         cfg ? solver_block_any<true>(f, o, n, coef[s], g, mode) : solver_block_any<false>(f, o, n, coef[s], g, mode);
       });
     };
+    auto step = [&](int64_t s, int64_t lo, int64_t hi) { step_with(std::false_type{}, s, lo, hi); };
     if (!threshold) {
       at::parallel_for(0, p.n * per_sample, kGrain, [&](int64_t begin, int64_t end) {
         for_each_segment(begin, end, per_sample, step);
       });
       return;
     }
+    // As ddpm_step's thresholded path (step_ops.cpp): outputs larger than the last-level cache are
+    // written with streaming stores, no read for ownership (the quantile pass already evicted them).
+    const bool stream = x_t.scalar_type() == at::kFloat && p.n * per_sample * 4 >= kStreamBytes;
     for_each_thresholded_sample(
         p.n, per_sample,
         [&](int64_t s, int64_t chunks) {
@@ -122,7 +127,9 @@ void run_solver(const SolverStepParams& p, const at::Tensor& x_t) {
           coef[s].hi = thr;
           coef[s].thr = thr;
         },
-        step);
+        [&](int64_t s, int64_t lo, int64_t hi) {
+          stream ? step_with(std::true_type{}, s, lo, hi) : step(s, lo, hi);
+        });
   });
 }
 

@@ -24,9 +24,6 @@ namespace diffaccel::cpu {
 inline namespace CPU_CAPABILITY {
 namespace {
 
-// Outputs of at least this many bytes are written with streaming stores (see stream_store).
-constexpr int64_t kStreamBytes = int64_t{32} << 20;
-
 template <typename T>
 const T* opt_ptr(const std::optional<at::Tensor>& x) {
   return x.has_value() ? x->const_data_ptr<T>() : nullptr;

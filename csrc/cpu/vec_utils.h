@@ -73,6 +73,10 @@ inline const float* load_block(const scalar_t* src, float* buf, int64_t n) {
   }
 }
 
+// Outputs of at least this many bytes are written with streaming stores by the thresholded steps
+// (larger than the last-level cache: see stream_store).
+constexpr int64_t kStreamBytes = int64_t{32} << 20;
+
 // Copies n floats to dst with non-temporal (streaming) stores where dst is 32-byte aligned: the
 // lines are written to memory without being read first (no read-for-ownership) and without
 // displacing cached data. For outputs far larger than the caches that nothing reads soon.
@@ -129,11 +133,13 @@ inline void for_each_block(const std::array<const scalar_t*, K>& in, out_t* dst,
 // for_each_block with M outputs: body(in, out, n) with `out` M float pointers (into the outputs
 // themselves when they are float32). A nullptr output is not written (its block goes to scratch).
 // The body must read every input of a vector before it stores that vector's outputs: then any
-// output may alias any input.
-template <size_t K, size_t M, typename scalar_t, typename Body>
+// output may alias any input. kStream: float32 outputs are written with streaming stores (see
+// stream_store) from the block buffers, fenced at the end.
+template <size_t K, size_t M, bool kStream = false, typename scalar_t, typename Body>
 inline void for_each_block_out(const std::array<const scalar_t*, K>& in, const std::array<scalar_t*, M>& dst,
                                int64_t begin, int64_t end, const Body& body) {
   constexpr bool kF32 = std::is_same_v<scalar_t, float>;
+  constexpr bool kDirect = kF32 && !kStream;
   [[maybe_unused]] float in_buf[K][kF32 ? 1 : kBlock];
   alignas(64) float out_buf[M][kBlock];
   for (int64_t b = begin; b < end; b += kBlock) {
@@ -142,19 +148,25 @@ inline void for_each_block_out(const std::array<const scalar_t*, K>& in, const s
     for (size_t k = 0; k < K; ++k) f[k] = load_block(in[k] == nullptr ? nullptr : in[k] + b, in_buf[k], n);
     std::array<float*, M> o;
     for (size_t m = 0; m < M; ++m) {
-      if constexpr (kF32) {
+      if constexpr (kDirect) {
         o[m] = dst[m] != nullptr ? dst[m] + b : out_buf[m];
       } else {
         o[m] = out_buf[m];
       }
     }
     body(f, o, n);
-    if constexpr (!kF32) {
+    if constexpr (!kDirect) {
       for (size_t m = 0; m < M; ++m) {
-        if (dst[m] != nullptr) from_float(out_buf[m], dst[m] + b, n);
+        if (dst[m] == nullptr) continue;
+        if constexpr (kF32) {
+          stream_store(dst[m] + b, out_buf[m], n);
+        } else {
+          from_float(out_buf[m], dst[m] + b, n);
+        }
       }
     }
   }
+  if constexpr (kStream && kF32) stream_fence();
 }
 
 // Calls f(i, count) for each vector of [0, n): full vectors, then one partial tail, so a
