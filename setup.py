@@ -68,17 +68,6 @@ def _env_flag(name: str):
     sys.exit(f"setup.py: {name} must be 0 or 1, got {os.environ[name]!r}")
 
 
-def _cpu_flags() -> set:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 #: Compile flags of the CPU kernels per ISA level (ATen's own for these levels).
 CPU_LEVEL_FLAGS = {
     "generic": ["-DCPU_CAPABILITY=DEFAULT"],

@@ -97,16 +97,120 @@ _KERNEL_VARIANCE = {
 }
 
 
-def _spaced_timesteps(config, num_inference_steps: int) -> np.ndarray:
-    """DDPM/DDIM's timestep grid for ``num_inference_steps`` (checked), descending int64."""
-    T = config.num_train_timesteps
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
-        raise TypeError(f"num_inference_steps must be an int, got {type(num_inference_steps).__name__}")
-    if not 1 <= num_inference_steps <= T:
-        raise ValueError(
-            f"`num_inference_steps`: {num_inference_steps} cannot be larger than `self.config.train_timesteps`: {T} "
-            f"(and must be >= 1)")
-    return schedules.spaced_timesteps(config.timestep_spacing, T, num_inference_steps, config.steps_offset)
+def _is_int(value) -> bool:
+    """A Python / numpy integer, not a bool (what a step count or a host timestep must be)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+class _DropInScheduler(SchedulerMixin, ConfigMixin):
+    """What all four drop-ins share: the config checks, diffusers' beta / alpha tables, the step
+    counter, the per-device table cache, the argument checks of ``set_timesteps`` / ``step``,
+    dynamic thresholding, and the unscaled model input.
+
+    A subclass calls :meth:`_check_config` and :meth:`_init_tables` from its ``__init__`` and
+    builds what ``step`` needs on a device in :meth:`_build_tables` (read through :meth:`_tables`).
+    """
+
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
+    order = 1
+
+    # ------------------------------------------------------------------ config and tables
+    def _check_config(self) -> None:
+        """The config values every drop-in checks: ``prediction_type`` and ``timestep_spacing``."""
+        c = self.config
+        if c.prediction_type not in _PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {_PREDICTION_TYPES}, got {c.prediction_type!r}")
+        if c.timestep_spacing not in _SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {_SPACINGS}, got {c.timestep_spacing!r}")
+
+    def _config_betas(self, allowed: Tuple[str, ...] = schedules.BETA_SCHEDULES) -> torch.Tensor:
+        """diffusers' betas for this config (``allowed``: the beta schedules this class takes)."""
+        c = self.config
+        return schedules.diffusers_betas(c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end,
+                                         c.trained_betas, c.rescale_betas_zero_snr, allowed=allowed,
+                                         owner=type(self).__name__)
+
+    def _init_tables(self, betas: torch.Tensor) -> None:
+        """diffusers' public tables and the state before ``set_timesteps``."""
+        self.betas = betas
+        self.alphas = 1.0 - betas
+        self.alphas_cumprod = schedules.alphas_cumprod(betas)
+        self.init_noise_sigma = 1.0
+        self.num_inference_steps = None
+        self._begin_index: Optional[int] = None
+        self._step_index: Optional[int] = None
+        self._device_tables: Dict[torch.device, object] = {}
+
+    def _build_tables(self, device: torch.device):
+        """What ``step`` reads on ``device``, built from the host schedule (one host->device copy)."""
+        raise NotImplementedError
+
+    def _tables(self, device: torch.device):
+        """:meth:`_build_tables` for ``device``, once per device (and schedule, where ``set_timesteps``
+        clears ``_device_tables``)."""
+        if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" must share one entry
+            device = torch.device("cuda", torch.cuda.current_device())
+        tab = self._device_tables.get(device)
+        if tab is None:
+            tab = self._device_tables[device] = self._build_tables(device)
+        return tab
+
+    def _spaced_timesteps(self, num_inference_steps: int, **grid) -> np.ndarray:
+        """The config's ``timestep_spacing`` grid (``grid``: the keywords of :func:`schedules.spaced_timesteps`)."""
+        c = self.config
+        return schedules.spaced_timesteps(c.timestep_spacing, c.num_train_timesteps, num_inference_steps,
+                                          c.steps_offset, **grid)
+
+    # ------------------------------------------------------------------ step counter
+    @property
+    def step_index(self) -> Optional[int]:
+        return self._step_index
+
+    @property
+    def begin_index(self) -> Optional[int]:
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Where in ``self.timesteps`` the loop starts (img2img pipelines call this)."""
+        self._begin_index = int(begin_index)
+
+    def scale_model_input(self, sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """These schedulers do not scale the model input."""
+        return sample
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    # ------------------------------------------------------------------ argument checks
+    @staticmethod
+    def _check_steps_or_timesteps(num_inference_steps, timesteps) -> None:
+        if num_inference_steps is not None and timesteps is not None:
+            raise ValueError("Can only pass one of `num_inference_steps` or `custom_timesteps`.")
+
+    def _check_scheduled(self) -> None:
+        if self.num_inference_steps is None:
+            raise ValueError(
+                "Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+
+    @staticmethod
+    def _check_step_tensors(model_output, sample) -> None:
+        if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):
+            raise TypeError("model_output and sample must be torch.Tensors")
+
+    # ------------------------------------------------------------------ dynamic thresholding
+    def _threshold(self, x0: torch.Tensor) -> torch.Tensor:
+        """Dynamic thresholding of x0 (Saharia et al. 2022) with the config's ratio and bound, on the host path."""
+        c = self.config
+        return ref.dynamic_threshold_(x0.float(), c.dynamic_thresholding_ratio, c.sample_max_value).to(x0.dtype)
+
+    def _fused_threshold(self) -> Optional[dict]:
+        """The fused ops' ``dynamic_threshold`` argument for the config's thresholding, or None where
+        they cannot take it (diffusers accepts more: ``sample_max_value < 1`` makes the bound that
+        value for every sample; a ratio of 0)."""
+        c = self.config
+        if 0 < c.dynamic_thresholding_ratio <= 1 and c.sample_max_value >= 1:
+            return {"dynamic_threshold": (c.dynamic_thresholding_ratio, c.sample_max_value)}
+        return None
 
 
 class _Tables(NamedTuple):
@@ -120,17 +224,12 @@ class _Tables(NamedTuple):
     prev_ext: torch.Tensor     # int64 [T]: ``prev`` with -1 -> T (for ops that take no -1, e.g. add_noise)
 
 
-class _FusedScheduler(SchedulerMixin, ConfigMixin):
-    """What both schedulers share: tables, timestep resolution, step counter, add_noise."""
-
-    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
-    order = 1
+class _FusedScheduler(_DropInScheduler):
+    """What DDPM and DDIM share: the ``t -> t_prev`` schedule and its device tables, timestep
+    resolution, add_noise and the model-output conversions of the fused step."""
 
     def _init_common(self, betas: torch.Tensor) -> None:
-        if self.config.prediction_type not in _PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {_PREDICTION_TYPES}, got {self.config.prediction_type!r}")
-        if self.config.timestep_spacing not in _SPACINGS:
-            raise ValueError(f"timestep_spacing must be one of {_SPACINGS}, got {self.config.timestep_spacing!r}")
+        self._check_config()
         T = self.config.num_train_timesteps
         if betas.ndim != 1 or betas.numel() != T:
             raise ArgumentError(f"trained_betas must hold one beta per training timestep, num_train_timesteps = {T}; "
@@ -138,18 +237,23 @@ class _FusedScheduler(SchedulerMixin, ConfigMixin):
                                 "with them, or other betas)")
         if not torch.isfinite(betas).all():
             raise ArgumentError("trained_betas must be finite numbers, got NaN or Inf")
-        self.betas = betas
-        self.alphas = 1.0 - betas
-        self.alphas_cumprod = schedules.alphas_cumprod(betas)
+        self._init_tables(betas)
         self.one = torch.tensor(1.0)
-        self.init_noise_sigma = 1.0
-        self.num_inference_steps = None
         self.compute_pred_original_sample = True
-        self._begin_index: Optional[int] = None
-        self._step_index: Optional[int] = None
-        self._device_tables: Dict[torch.device, _Tables] = {}
+        # before set_timesteps diffusers steps t -> t - 1
+        self._set_schedule(np.arange(0, T)[::-1].copy(), np.arange(T) - 1, None)
 
     # ------------------------------------------------------------------ schedule state
+    def _inference_timesteps(self, num_inference_steps: int) -> np.ndarray:
+        """DDPM/DDIM's timestep grid for ``num_inference_steps`` (checked), descending int64."""
+        T = self.config.num_train_timesteps
+        if not _is_int(num_inference_steps):
+            raise TypeError(f"num_inference_steps must be an int, got {type(num_inference_steps).__name__}")
+        if not 1 <= num_inference_steps <= T:
+            raise ValueError(f"`num_inference_steps`: {num_inference_steps} cannot be larger than "
+                             f"`self.config.train_timesteps`: {T} (and must be >= 1)")
+        return self._spaced_timesteps(num_inference_steps)
+
     def _set_schedule(self, timesteps: np.ndarray, prev_table: np.ndarray, device) -> None:
         """Install the host schedule and its ``t -> t_prev`` table; pre-build the device tables."""
         self._timesteps_host: List[int] = [int(t) for t in timesteps]
@@ -161,32 +265,27 @@ class _FusedScheduler(SchedulerMixin, ConfigMixin):
         if device is not None:
             self._tables(torch.device(device))
 
-    def _tables(self, device: torch.device) -> _Tables:
-        if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" must share one entry
-            device = torch.device("cuda", torch.cuda.current_device())
-        tab = self._device_tables.get(device)
-        if tab is None:  # once per device and schedule: the only host->device copies
-            abar = self.alphas_cumprod.to(torch.float32)
-            prev = torch.from_numpy(self._prev_host)
-            tab = _Tables(abar.to(device), (1 - abar).to(device),
-                          torch.arange(len(abar), dtype=torch.int64, device=device), prev.to(device),
-                          torch.cat([abar, abar.new_ones(1)]).to(device),
-                          torch.where(prev < 0, len(abar), prev).to(device))
-            self._device_tables[device] = tab
-        return tab
+    def _build_tables(self, device: torch.device) -> _Tables:
+        abar = self.alphas_cumprod.to(torch.float32)
+        prev = torch.from_numpy(self._prev_host)
+        return _Tables(abar.to(device), (1 - abar).to(device),
+                       torch.arange(len(abar), dtype=torch.int64, device=device), prev.to(device),
+                       torch.cat([abar, abar.new_ones(1)]).to(device),
+                       torch.where(prev < 0, len(abar), prev).to(device))
 
-    @property
-    def step_index(self) -> Optional[int]:
-        return self._step_index
-
-    @property
-    def begin_index(self) -> Optional[int]:
-        return self._begin_index
+    def _abar_pair(self, t, prev_t, final_abar: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(abar[t], abar[prev_t])`` from the float32 table; a negative ``prev_t`` (past the final step)
+        is ``final_abar``."""
+        return self.alphas_cumprod[t], self.alphas_cumprod[prev_t] if prev_t >= 0 else final_abar
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Where in ``self.timesteps`` the loop starts (img2img pipelines call this)."""
-        self._begin_index = int(begin_index)
-        self._step_index = int(begin_index)
+        super().set_begin_index(begin_index)
+        self._step_index = self._begin_index
+
+    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
+        """DDPM/DDIM do not scale the model input (diffusers' signature for these two)."""
+        return super().scale_model_input(sample, timestep)
 
     def _resolve(self, timestep, device: torch.device) -> Tuple[torch.Tensor, Optional[int], bool]:
         """``timestep`` -> (t as a device tensor [1], host value of t if known, whether it is exact).
@@ -212,7 +311,7 @@ class _FusedScheduler(SchedulerMixin, ConfigMixin):
             timestep = timestep.item()  # CPU tensor: a host read, no device involved
         if isinstance(timestep, float) and timestep.is_integer():
             timestep = int(timestep)
-        if isinstance(timestep, bool) or not isinstance(timestep, (int, np.integer)):
+        if not _is_int(timestep):
             raise TypeError(f"timestep must be an int or an integer tensor, got {type(timestep).__name__}")
         t_host = int(timestep)
         if not 0 <= t_host < T:
@@ -231,13 +330,6 @@ class _FusedScheduler(SchedulerMixin, ConfigMixin):
         if isinstance(timestep, torch.Tensor):
             return torch.from_numpy(self._prev_host).to(timestep.device)[timestep.long()]
         return int(self._prev_host[int(timestep)])
-
-    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        """DDPM/DDIM do not scale the model input."""
-        return sample
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps
 
     # ------------------------------------------------------------------ forward process
     def _per_sample_call(self, fn, a: torch.Tensor, b: torch.Tensor, timesteps) -> torch.Tensor:
@@ -279,26 +371,20 @@ class _FusedScheduler(SchedulerMixin, ConfigMixin):
         """Dynamic thresholding, else clipping, as configured (thresholding wins, as in diffusers)."""
         c = self.config
         if c.thresholding:
-            return ref.dynamic_threshold_(x0.float(), c.dynamic_thresholding_ratio, c.sample_max_value).to(x0.dtype)
+            return self._threshold(x0)
         if c.clip_sample:
             return x0.clamp(-c.clip_sample_range, c.clip_sample_range)
         return x0
 
-    def _fused_bounds(self) -> bool:
-        """Whether the configured bound is one the fused kernels take (diffusers accepts more:
-        ``sample_max_value < 1`` makes ``s`` = that value for every sample, ``clip_sample_range
-        <= 0`` clamps everything to it); the others bound x0 on the host, see ``_bounded_eps``."""
+    def _fused_bounds(self) -> Optional[dict]:
+        """The fused kernels' bound arguments for the configured bound, or None where they cannot take
+        it (diffusers accepts more: see :meth:`_fused_threshold`; ``clip_sample_range <= 0`` clamps
+        everything to it); those bound x0 on the host, see ``_bounded_eps``."""
         c = self.config
         if c.thresholding:
-            return 0 < c.dynamic_thresholding_ratio <= 1 and c.sample_max_value >= 1
-        return not c.clip_sample or c.clip_sample_range > 0
-
-    def _bounds(self) -> dict:
-        c = self.config
-        if c.thresholding:
-            return {"dynamic_threshold": (c.dynamic_thresholding_ratio, c.sample_max_value)}
+            return self._fused_threshold()
         if c.clip_sample:
-            return {"clip_x0": c.clip_sample_range}
+            return {"clip_x0": c.clip_sample_range} if c.clip_sample_range > 0 else None
         return {}
 
     def _bounded_eps(self, sample, eps, t, tab: "_Tables") -> torch.Tensor:
@@ -307,11 +393,18 @@ class _FusedScheduler(SchedulerMixin, ConfigMixin):
         x0 = self._bound_x0(F.predict_x0(sample, eps, tab.abar, t))
         return F.predict_x0(sample, x0, tab.one_minus_abar, t)
 
-    def _pred_x0(self, model_output, eps, sample, t, tab: _Tables) -> Optional[torch.Tensor]:
-        if not self.compute_pred_original_sample:
-            return None
+    def _x0(self, model_output, eps, sample, t, tab: _Tables) -> torch.Tensor:
+        """The step's bounded x0 estimate (the model output itself for ``prediction_type="sample"``)."""
         x0 = model_output if self.config.prediction_type == "sample" else F.predict_x0(sample, eps, tab.abar, t)
         return self._bound_x0(x0)
+
+    def _pred_x0(self, model_output, eps, sample, t, tab: _Tables) -> Optional[torch.Tensor]:
+        return self._x0(model_output, eps, sample, t, tab) if self.compute_pred_original_sample else None
+
+    def _noise_like(self, model_output: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        """The step's noise, drawn as diffusers draws it (the model output's shape, dtype and device)."""
+        return randn_tensor(model_output.shape, generator=generator, device=model_output.device,
+                            dtype=model_output.dtype)
 
 
 _PENDING = object()
@@ -394,19 +487,14 @@ class DDPMScheduler(_FusedScheduler):
         if variance_type not in _KERNEL_VARIANCE:  # diffusers steps any other string as fixed_small
             warnings.warn(f"variance_type {variance_type!r} is not one of {tuple(_KERNEL_VARIANCE)}: "
                           "stepping with the 'fixed_small' variance, as diffusers does", UserWarning, stacklevel=2)
-        betas = schedules.diffusers_betas(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas,
-                                          rescale_betas_zero_snr, owner=type(self).__name__)
-        self._init_common(betas)
+        self._init_common(self._config_betas())
         self.variance_type = variance_type
         self.custom_timesteps = False
-        # before set_timesteps diffusers steps t -> t - 1
-        self._set_schedule(np.arange(0, num_train_timesteps)[::-1].copy(), np.arange(num_train_timesteps) - 1, None)
 
     def set_timesteps(self, num_inference_steps: Optional[int] = None, device: Union[str, torch.device, None] = None,
                       timesteps: Optional[List[int]] = None) -> None:
         """Choose the inference timesteps (``timestep_spacing`` rules or custom) and build the tables."""
-        if num_inference_steps is not None and timesteps is not None:
-            raise ValueError("Can only pass one of `num_inference_steps` or `custom_timesteps`.")
+        self._check_steps_or_timesteps(num_inference_steps, timesteps)
         if timesteps is not None:
             ts = np.asarray(list(timesteps), dtype=np.int64)
             if ts.ndim != 1 or ts.size == 0:
@@ -421,7 +509,7 @@ class DDPMScheduler(_FusedScheduler):
         else:
             if num_inference_steps is None:
                 raise ValueError("set_timesteps needs num_inference_steps or timesteps")
-            ts = _spaced_timesteps(self.config, num_inference_steps)
+            ts = self._inference_timesteps(num_inference_steps)
             self.num_inference_steps = num_inference_steps
             self.custom_timesteps = False
         # diffusers: the next entry of the schedule, -1 after the last one; t - 1 off the schedule
@@ -436,9 +524,7 @@ class DDPMScheduler(_FusedScheduler):
         the variance for ``fixed_small`` / ``fixed_large`` (and any unknown type: ``fixed_small``),
         the std for ``fixed_small_log``, ``log(beta)`` for ``fixed_large_log``, the log-variance
         for ``learned_range`` and ``predicted_variance`` itself for ``learned``. float32 tables."""
-        prev_t = self.previous_timestep(t)
-        abar_t = self.alphas_cumprod[t]
-        abar_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
+        abar_t, abar_prev = self._abar_pair(t, self.previous_timestep(t), self.one)
         beta = 1 - abar_t / abar_prev
         small = torch.clamp(schedules.posterior_variance(abar_t, abar_prev), min=1e-20)  # logs are taken below
         kind = self.config.variance_type if variance_type is None else variance_type
@@ -463,8 +549,7 @@ class DDPMScheduler(_FusedScheduler):
         variance channels, as diffusers splits them). Returns ``DDPMSchedulerOutput(prev_sample,
         pred_original_sample)`` or the tuple.
         """
-        if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):
-            raise TypeError("model_output and sample must be torch.Tensors")
+        self._check_step_tensors(model_output, sample)
         if model_output.ndim < 2 or sample.ndim < 2:
             raise ValueError(f"model_output and sample must be NCHW, got {tuple(model_output.shape)}, {tuple(sample.shape)}")
         vt = self.variance_type
@@ -483,11 +568,10 @@ class DDPMScheduler(_FusedScheduler):
 
         noise = None
         if t_host is None or t_host > 0:  # diffusers draws only where t > 0; the kernel masks t == 0
-            noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
-                                 dtype=model_output.dtype)
+            noise = self._noise_like(model_output, generator)
         kernel_vt = _KERNEL_VARIANCE.get(vt, "fixed_small")
-        step_eps, bounds = eps, self._bounds()
-        if not self._fused_bounds():
+        step_eps, bounds = eps, self._fused_bounds()
+        if bounds is None:
             step_eps, bounds = self._bounded_eps(sample, eps, t, tab), {}
         if kernel_vt is None:  # "learned": std = sqrt(predicted variance), no kernel for it
             prev_sample = F.ddpm_step(sample, step_eps, tab.abar, t, t_prev, **bounds)
@@ -537,11 +621,8 @@ class DDIMScheduler(_FusedScheduler):
         timestep_spacing: str = "leading",
         rescale_betas_zero_snr: bool = False,
     ):
-        betas = schedules.diffusers_betas(beta_schedule, num_train_timesteps, beta_start, beta_end, trained_betas,
-                                          rescale_betas_zero_snr, allowed=_SOLVER_BETAS, owner=type(self).__name__)
-        self._init_common(betas)
+        self._init_common(self._config_betas(_SOLVER_BETAS))
         self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
-        self._set_schedule(np.arange(0, num_train_timesteps)[::-1].copy(), np.arange(num_train_timesteps) - 1, None)
 
     def set_timesteps(self, num_inference_steps: int, device: Union[str, torch.device, None] = None) -> None:
         """Choose the inference timesteps and build the tables.
@@ -550,7 +631,7 @@ class DDIMScheduler(_FusedScheduler):
         below 0 it lands on ``final_alpha_cumprod`` (1, or ``abar[0]`` without
         ``set_alpha_to_one``: table entry -1 or 0).
         """
-        ts = _spaced_timesteps(self.config, num_inference_steps)
+        ts = self._inference_timesteps(num_inference_steps)
         self.num_inference_steps = num_inference_steps
         T = self.config.num_train_timesteps
         table = np.arange(T, dtype=np.int64) - T // num_inference_steps
@@ -561,19 +642,15 @@ class DDIMScheduler(_FusedScheduler):
         """diffusers' DDIM variance helper (LEDITS++ / CycleDiffusion call it): the posterior
         variance of the step ``timestep -> prev_timestep`` (eq. 16 of Song et al. 2020 at eta = 1);
         a negative ``prev_timestep`` lands on ``final_alpha_cumprod``."""
-        abar_t = self.alphas_cumprod[timestep]
-        abar_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
+        abar_t, abar_prev = self._abar_pair(timestep, prev_timestep, self.final_alpha_cumprod)
         return schedules.posterior_variance(abar_t, abar_prev)
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float = 0.0,
              use_clipped_model_output: bool = False, generator: Optional[torch.Generator] = None,
              variance_noise: Optional[torch.Tensor] = None, return_dict: bool = True):
         """One DDIM step ``x_t -> x_{t - T/n}`` with stochasticity ``eta``."""
-        if self.num_inference_steps is None:
-            raise ValueError(
-                "Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
-        if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):
-            raise TypeError("model_output and sample must be torch.Tensors")
+        self._check_scheduled()
+        self._check_step_tensors(model_output, sample)
         t, t_host, exact = self._resolve(timestep, sample.device)
         tab = self._tables(sample.device)
         t_prev = self._at(tab.prev, t, t_host, exact)
@@ -581,27 +658,23 @@ class DDIMScheduler(_FusedScheduler):
         x0 = None
         bounded = self.config.thresholding or self.config.clip_sample
         if bounded or self.compute_pred_original_sample:
-            x0 = model_output if self.config.prediction_type == "sample" else F.predict_x0(sample, eps, tab.abar, t)
-            x0 = self._bound_x0(x0)
+            x0 = self._x0(model_output, eps, sample, t, tab)
         if bounded and use_clipped_model_output:  # eps re-derived from the bounded x0, as diffusers
             eps = F.predict_x0(sample, x0, tab.one_minus_abar, t)
         if bounded and eta == 0:
             # eta = 0: x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev) eps is the forward process
             # at t_prev; taking x0 directly avoids re-deriving it from x_t where abar_t ~ 0.
             prev_sample = F.add_noise(x0, eps, tab.abar_ext, self._at(tab.prev_ext, t, t_host, exact))
-            if not self.compute_pred_original_sample:
-                x0 = None
-            return (prev_sample, x0) if not return_dict else DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
-        x_in = F.add_noise(x0, eps, tab.abar, t) if bounded else sample
-        noise = None
-        if eta > 0:
-            if variance_noise is not None and generator is not None:
-                raise ValueError(
-                    "Cannot pass both generator and variance_noise. Please make sure that either `generator` or"
-                    " `variance_noise` stays `None`.")
-            noise = variance_noise if variance_noise is not None else randn_tensor(
-                model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
-        prev_sample = F.ddim_step(x_in, eps, tab.abar, t, t_prev, eta=float(eta), noise=noise)
+        else:
+            x_in = F.add_noise(x0, eps, tab.abar, t) if bounded else sample
+            noise = None
+            if eta > 0:
+                if variance_noise is not None and generator is not None:
+                    raise ValueError(
+                        "Cannot pass both generator and variance_noise. Please make sure that either `generator` or"
+                        " `variance_noise` stays `None`.")
+                noise = variance_noise if variance_noise is not None else self._noise_like(model_output, generator)
+            prev_sample = F.ddim_step(x_in, eps, tab.abar, t, t_prev, eta=float(eta), noise=noise)
         if not self.compute_pred_original_sample:
             x0 = None
         if not return_dict:
@@ -619,7 +692,7 @@ def _check_index_step(k: int, n: int) -> None:
         raise IndexError(f"step {k} past the end of the {n}-step schedule: call set_timesteps (or set_begin_index) again")
 
 
-class _MultistepScheduler(SchedulerMixin, ConfigMixin):
+class _MultistepScheduler(_DropInScheduler):
     """What DPM-Solver++ and UniPC share: diffusers' tables, the sigma schedule, the step counter,
     the model-output conversion and ``add_noise``.
 
@@ -631,18 +704,12 @@ class _MultistepScheduler(SchedulerMixin, ConfigMixin):
     through the fused ops, which take ``abar`` and integer t.
     """
 
-    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
-    order = 1
-
     def _init_common(self) -> None:
         c = self.config
-        if c.prediction_type not in _PREDICTION_TYPES:
-            if c.prediction_type == "flow_prediction":
-                raise NotImplementedError(f"prediction_type='flow_prediction' is not supported by diffaccel's "
-                                          f"{type(self).__name__}; use diffusers' class for flow models")
-            raise ValueError(f"prediction_type must be one of {_PREDICTION_TYPES}, got {c.prediction_type!r}")
-        if c.timestep_spacing not in _SPACINGS:
-            raise ValueError(f"timestep_spacing must be one of {_SPACINGS}, got {c.timestep_spacing!r}")
+        if c.prediction_type == "flow_prediction":
+            raise NotImplementedError(f"prediction_type='flow_prediction' is not supported by diffaccel's "
+                                      f"{type(self).__name__}; use diffusers' class for flow models")
+        self._check_config()
         if c.final_sigmas_type not in ("zero", "sigma_min"):
             raise ValueError(f"final_sigmas_type must be 'zero' or 'sigma_min', got {c.final_sigmas_type!r}")
         if sum(bool(getattr(c, k, False)) for k in ("use_beta_sigmas", "use_exponential_sigmas", "use_karras_sigmas")) > 1:
@@ -653,23 +720,15 @@ class _MultistepScheduler(SchedulerMixin, ConfigMixin):
                                       f"{type(self).__name__}; use diffusers' class for flow models")
         if c.thresholding and not 0 <= c.dynamic_thresholding_ratio <= 1:
             raise ValueError(f"dynamic_thresholding_ratio must be in [0, 1], got {c.dynamic_thresholding_ratio}")
-        self.betas = schedules.diffusers_betas(c.beta_schedule, c.num_train_timesteps, c.beta_start, c.beta_end,
-                                               c.trained_betas, c.rescale_betas_zero_snr, allowed=_SOLVER_BETAS,
-                                               owner=type(self).__name__)
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = schedules.alphas_cumprod(self.betas)
+        self._init_tables(self._config_betas(_SOLVER_BETAS))
         if c.rescale_betas_zero_snr:  # abar = 0 would make sigma infinite at the first step
             self.alphas_cumprod[-1] = 2 ** -24
         self.alpha_t = torch.sqrt(self.alphas_cumprod)
         self.sigma_t = torch.sqrt(1 - self.alphas_cumprod)
         self.lambda_t = torch.log(self.alpha_t) - torch.log(self.sigma_t)
         self.sigmas = torch.from_numpy(schedules.sigmas_from_alphas_cumprod(self.alphas_cumprod))
-        self.init_noise_sigma = 1.0
-        self.num_inference_steps = None
         T = c.num_train_timesteps
         self.timesteps = torch.from_numpy(np.linspace(0, T - 1, T, dtype=np.float32)[::-1].copy())
-        self._begin_index: Optional[int] = None
-        self._abar_dev: Dict[torch.device, torch.Tensor] = {}
         self._grid: Optional[List[int]] = None
         #: False forces the general path (plain torch) for every config: for comparisons and debugging
         self.use_fused_ops = True
@@ -746,25 +805,17 @@ class _MultistepScheduler(SchedulerMixin, ConfigMixin):
         self._reset_state()
         self._begin_index = None
 
-    def _abar(self, device: torch.device) -> torch.Tensor:
-        tab = self._abar_dev.get(device)
-        if tab is None:  # once per device: the fused ops' abar table
-            tab = self._abar_dev[device] = self.alphas_cumprod.to(device=device, dtype=torch.float32)
-        return tab
+    def _build_tables(self, device: torch.device) -> torch.Tensor:
+        """The fused ops' abar table (it does not depend on the schedule: built once per device)."""
+        return self.alphas_cumprod.to(device=device, dtype=torch.float32)
+
+    @staticmethod
+    def _checked_steps(num_inference_steps) -> int:
+        if not _is_int(num_inference_steps) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
+        return int(num_inference_steps)
 
     # ------------------------------------------------------------------ step counter
-    @property
-    def step_index(self) -> Optional[int]:
-        return self._step_index
-
-    @property
-    def begin_index(self) -> Optional[int]:
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Where in ``self.timesteps`` the loop starts (img2img pipelines call this)."""
-        self._begin_index = int(begin_index)
-
     def index_for_timestep(self, timestep, schedule_timesteps: Optional[torch.Tensor] = None) -> int:
         """The step index of ``timestep`` in the schedule: diffusers' rule (the second match
         when it appears twice, the last step when it does not appear). Reads ``timestep`` on the host."""
@@ -778,20 +829,20 @@ class _MultistepScheduler(SchedulerMixin, ConfigMixin):
         self._step_index = self.index_for_timestep(timestep) if self._begin_index is None else self._begin_index
 
     def _begin_step(self, timestep) -> int:
-        if self.num_inference_steps is None:
-            raise ValueError(
-                "Number of inference steps is 'None', you need to run 'set_timesteps' after creating the scheduler")
+        self._check_scheduled()
         if self._step_index is None:  # after the first step the timestep is not read again (no host sync)
             self._init_step_index(timestep)
         _check_index_step(self._step_index, self.num_inference_steps)
         return self._step_index
 
-    def scale_model_input(self, sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """The multistep solvers do not scale the model input."""
-        return sample
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps
+    def _end_step(self, prev_sample: torch.Tensor, return_dict: bool):
+        """Advance the warm-up count and the step counter; the step's output."""
+        if self.lower_order_nums < self.config.solver_order:
+            self.lower_order_nums += 1
+        self._step_index += 1
+        if not return_dict:
+            return (prev_sample,)
+        return SchedulerOutput(prev_sample=prev_sample)
 
     # ------------------------------------------------------------------ forward process
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
@@ -816,18 +867,9 @@ class _MultistepScheduler(SchedulerMixin, ConfigMixin):
             return model_output[:, :c]
         return model_output
 
-    def _threshold(self, x0: torch.Tensor) -> torch.Tensor:
-        c = self.config
-        return ref.dynamic_threshold_(x0.float(), c.dynamic_thresholding_ratio, c.sample_max_value).to(x0.dtype)
-
-    def _fused_threshold(self) -> Optional[dict]:
+    def _fused_bounds(self) -> Optional[dict]:
         """The fused ops' bound for this config, or None when they cannot take it."""
-        c = self.config
-        if not c.thresholding:
-            return {}
-        if 0 < c.dynamic_thresholding_ratio <= 1 and c.sample_max_value >= 1:
-            return {"dynamic_threshold": (c.dynamic_thresholding_ratio, c.sample_max_value)}
-        return None
+        return self._fused_threshold() if self.config.thresholding else {}
 
     def _data_prediction(self, model_output: torch.Tensor, sample: torch.Tensor, k: int) -> torch.Tensor:
         """x0 from the model output at step k (thresholded when configured): DPM-Solver++'s and UniPC's
@@ -942,8 +984,7 @@ class DPMSolverMultistepScheduler(_MultistepScheduler):
             raise NotImplementedError("mu (dynamic shifting) is for flow models: use diffusers' class")
         if num_inference_steps is None and timesteps is None:
             raise ValueError("Must pass exactly one of `num_inference_steps` or `timesteps`.")
-        if num_inference_steps is not None and timesteps is not None:
-            raise ValueError("Can only pass one of `num_inference_steps` or `custom_timesteps`.")
+        self._check_steps_or_timesteps(num_inference_steps, timesteps)
         if timesteps is not None:
             for flag in _SIGMA_SPACINGS:
                 if getattr(c, flag):
@@ -951,13 +992,9 @@ class DPMSolverMultistepScheduler(_MultistepScheduler):
             ts = np.array(timesteps).astype(np.int64)
             n = len(ts)
         else:
-            if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) \
-                    or num_inference_steps < 1:
-                raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
-            n = int(num_inference_steps)
+            n = self._checked_steps(num_inference_steps)
             clipped = int(torch.searchsorted(torch.flip(self.lambda_t, [0]), c.lambda_min_clipped))
-            ts = schedules.spaced_timesteps(c.timestep_spacing, c.num_train_timesteps, n, c.steps_offset,
-                                            solver_grid=True, last_timestep=c.num_train_timesteps - clipped)
+            ts = self._spaced_timesteps(n, solver_grid=True, last_timestep=c.num_train_timesteps - clipped)
         round_ts = c.beta_schedule != "squaredcos_cap_v2"
         ts, sigmas, spaced = self._spaced_sigmas(ts, n, round_karras=round_ts, sigma_min_last=False)
         self._install(ts, sigmas, spaced, device)
@@ -1028,19 +1065,18 @@ class DPMSolverMultistepScheduler(_MultistepScheduler):
         if (not self.use_fused_ops or self._grid is None or order > 2 or c.algorithm_type != "dpmsolver++" or c.solver_type != "midpoint"
                 or c.prediction_type != "epsilon" or sample.ndim != 4):
             return None
-        return self._fused_threshold()
+        return self._fused_bounds()
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator: Optional[torch.Generator] = None,
              variance_noise: Optional[torch.Tensor] = None, return_dict: bool = True):
         """One multistep DPM-Solver step from the current step's timestep to the next (diffusers' semantics:
         the step counter, not ``timestep``, says where in the schedule the step is after the first call)."""
-        if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):
-            raise TypeError("model_output and sample must be torch.Tensors")
+        self._check_step_tensors(model_output, sample)
         k = self._begin_step(timestep)
         order = self._order(k)
         bounds = self._fused_ok(order, sample)
         if bounds is not None:
-            grid, abar = self._grid, self._abar(sample.device)
+            grid, abar = self._grid, self._tables(sample.device)
             second = order == 2
             prev_sample, x0 = F.dpmpp_2m_step(
                 sample, self._split_eps(model_output, sample), abar, grid[k], grid[k + 1],
@@ -1060,12 +1096,7 @@ class DPMSolverMultistepScheduler(_MultistepScheduler):
             cx, cm, cn = self._coefficients(k, order)
             hist = self.model_outputs[::-1]  # m_k, m_{k-1}, m_{k-2}
             prev_sample = self._combine([(cx, sample)] + list(zip(cm, hist)) + [(cn, noise)], m.dtype)
-        if self.lower_order_nums < self.config.solver_order:
-            self.lower_order_nums += 1
-        self._step_index += 1
-        if not return_dict:
-            return (prev_sample,)
-        return SchedulerOutput(prev_sample=prev_sample)
+        return self._end_step(prev_sample, return_dict)
 
 
 class UniPCMultistepScheduler(_MultistepScheduler):
@@ -1135,15 +1166,11 @@ class UniPCMultistepScheduler(_MultistepScheduler):
     def set_timesteps(self, num_inference_steps: Optional[int] = None, device: Union[str, torch.device, None] = None,
                       sigmas: Optional[List[float]] = None, mu: Optional[float] = None) -> None:
         """The inference timesteps and sigmas (``timestep_spacing`` / sigma spacing rules)."""
-        c = self.config
         if sigmas is not None:
             raise ValueError("Passing `sigmas` is only supported when `use_flow_sigmas=True` "
                              "(flow models: use diffusers' class).")
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) \
-                or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
-        n = int(num_inference_steps)
-        ts = schedules.spaced_timesteps(c.timestep_spacing, c.num_train_timesteps, n, c.steps_offset, solver_grid=True)
+        n = self._checked_steps(num_inference_steps)
+        ts = self._spaced_timesteps(n, solver_grid=True)
         ts, sig, spaced = self._spaced_sigmas(ts, n, round_karras=True, sigma_min_last=True)
         self._install(ts, sig, spaced, device)
         if self.solver_p:
@@ -1201,13 +1228,12 @@ class UniPCMultistepScheduler(_MultistepScheduler):
         if (not self.use_fused_ops or self._grid is None or order > 2 or corr_order > 2 or not self.predict_x0 or c.solver_type != "bh2"
                 or c.prediction_type != "epsilon" or self.solver_p is not None or sample.ndim != 4):
             return None
-        return self._fused_threshold()
+        return self._fused_bounds()
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, return_dict: bool = True):
         """One UniPC step: correct the current sample with the new model output (UniC), then predict
         the next one (UniP), as diffusers' ``step``."""
-        if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):
-            raise TypeError("model_output and sample must be torch.Tensors")
+        self._check_step_tensors(model_output, sample)
         k = self._begin_step(timestep)
         n = self.num_inference_steps
         use_corrector = k > 0 and (k - 1) not in self.disable_corrector and self.last_sample is not None
@@ -1216,7 +1242,7 @@ class UniPCMultistepScheduler(_MultistepScheduler):
         corr_order = self.this_order if use_corrector else 0
         bounds = self._fused_ok(order, corr_order, sample)
         if bounds is not None:
-            grid, abar = self._grid, self._abar(sample.device)
+            grid, abar = self._grid, self._tables(sample.device)
             need_prev = use_corrector or order == 2
             prev_sample, x0, x_corr = F.unipc_step(
                 sample, self._split_eps(model_output, sample), abar, grid[k], grid[k + 1],
@@ -1245,9 +1271,4 @@ class UniPCMultistepScheduler(_MultistepScheduler):
                 prev_sample = self._combine([(cx, sample)] + list(zip(cm, hist)), sample.dtype)
         self.timestep_list = self.timestep_list[1:] + [timestep]
         self.this_order = order
-        if self.lower_order_nums < self.config.solver_order:
-            self.lower_order_nums += 1
-        self._step_index += 1
-        if not return_dict:
-            return (prev_sample,)
-        return SchedulerOutput(prev_sample=prev_sample)
+        return self._end_step(prev_sample, return_dict)

@@ -27,6 +27,7 @@ except ImportError as e:  # not built: nothing to dispatch
                 allow_module_level=True)
 
 import diffaccel
+from diffaccel._sysinfo import cpu_flags  # /proc/cpuinfo, not the extension's own detection
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEVELS = ("generic", "avx2", "avx512")
@@ -46,20 +47,9 @@ def _run(level, code, *args, timeout=900):
 _REPORT = "import diffaccel; print(diffaccel.cpu_capability())"
 
 
-def _cpu_flags() -> set:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def _cpu_has(level) -> bool:
     """What the CPU supports, read independently of the extension (Linux x86-64; else unknown)."""
-    flags = _cpu_flags()
+    flags = cpu_flags()
     avx2 = {"avx2", "fma", "f16c"} <= flags
     return {"generic": True, "avx2": avx2,
             "avx512": avx2 and {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags}[level]
@@ -75,7 +65,7 @@ BEST = _run(None, _REPORT).stdout.strip()
 
 def test_default_is_the_best_level_up_to_the_default_cap():
     capped = LEVELS[:LEVELS.index(DEFAULT_CAP) + 1]
-    expected = [lv for lv in _built_levels() if _cpu_has(lv) and lv in capped][-1] if _cpu_flags() else BEST
+    expected = [lv for lv in _built_levels() if _cpu_has(lv) and lv in capped][-1] if cpu_flags() else BEST
     assert BEST == expected
     # in-process too (this pytest process may have the variable set: then it must be what it asked)
     assert diffaccel.cpu_capability() in LEVELS
