@@ -76,6 +76,25 @@ def main() -> None:
                 rows.append({"backend": b, "op": cname, "t": tkind, "launches": len(names),
                              "kernels": sorted(set(names)), "us_per_step": round(time_us(step), 2)})
                 print(f"{b:7s} {cname:62s} {tkind:9s} launches={len(names)} {rows[-1]['us_per_step']:8.2f} us")
+    if "triton" in diffaccel.available_backends(dev):
+        # Triton's two dynamic-thresholding designs on the same IF-shaped step: one program per
+        # sample with the sample in registers (the default up to THRESHOLD_FUSED_MAX values) and the
+        # grid-wide radix select (histogram passes + a finishing pass, the path of larger samples).
+        # The single-program one stays only if it wins here.
+        from diffaccel.triton import kernels
+
+        opts = configs["cfg_ddpm_step, IF config (learned range + dynamic threshold)"]
+        fused_max = kernels.THRESHOLD_FUSED_MAX
+        for variant, cap in (("single-program select", fused_max), ("grid-wide radix select", 0)):
+            kernels.THRESHOLD_FUSED_MAX = cap
+
+            def step():
+                F.cfg_ddpm_step(x, eu, ec, 7.0, abar, tt, tp, noise=z, out=out, backend="triton", **opts)
+            names = count_kernels(step)
+            rows.append({"backend": "triton", "op": f"IF config, {variant}", "t": "tensor t",
+                         "launches": len(names), "kernels": sorted(set(names)), "us_per_step": round(time_us(step), 2)})
+            print(f"triton  IF config, {variant:46s} tensor t  launches={len(names)} {rows[-1]['us_per_step']:8.2f} us")
+        kernels.THRESHOLD_FUSED_MAX = fused_max
     res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))

@@ -459,7 +459,10 @@ INTERPRETED = not isinstance(_add_noise_kernel, JITFunction)
 # ----------------------------------------------------------------------------- launch config
 _NUM_WARPS = 4
 #: Samples of at most this many values get dynamic thresholding's s from one program each, with
-#: the sample in registers (_threshold_kernel; a 3x64x64 DeepFloyd IF stage-I image is 12288).
+#: the sample in registers (_threshold_kernel; a 3x64x64 DeepFloyd IF stage-I image is 12288):
+#: a thresholded step is 2 launches instead of the grid-wide select's 7 (zero fill, four histogram
+#: passes, the finishing pass, the step). ``benchmarks/gpu_launches.py`` times both designs on the
+#: IF shape; this one stays only if it wins there (not yet run on a GPU).
 THRESHOLD_FUSED_MAX = 16384
 _THRESHOLD_WARPS = 8
 #: Elements per program of the radix-select histogram passes (larger samples).
