@@ -384,6 +384,22 @@ def _if_pipe(cls, unet, scheduler):
                feature_extractor=None, watermarker=None, requires_safety_checker=False)
 
 
+def _if_pipeline_inputs(pipeline: str) -> dict:
+    """The call arguments of a tiny IF pipeline run: a 16x16 image (and half mask) for img2img / inpainting."""
+    kw = {}
+    g = torch.Generator().manual_seed(7)
+    if pipeline != "IFPipeline":
+        kw["image"] = torch.rand(1, 3, 16, 16, generator=g) * 2 - 1
+        kw["strength"] = 0.7
+    else:
+        kw.update(height=16, width=16)
+    if pipeline == "IFInpaintingPipeline":
+        mask = torch.zeros(1, 1, 16, 16)
+        mask[..., :, 8:] = 1
+        kw["mask_image"] = mask
+    return kw
+
+
 def _run_if(cls, unet, scheduler, emb, neg, **kw):
     pipe = _if_pipe(cls, unet, scheduler)
     pipe.set_progress_bar_config(disable=True)
@@ -404,17 +420,7 @@ def test_if_pipelines_same_images(if_parts, pipeline, scheduler):
     else:  # IF pipelines also run DDIM; the pipeline drops the variance channels when the config says so
         theirs = diffusers.DDIMScheduler.from_config({**cfg, "variance_type": "fixed_small"})
         ours = S.DDIMScheduler.from_config(theirs.config)
-    kw = {}
-    g = torch.Generator().manual_seed(7)
-    if pipeline != "IFPipeline":
-        kw["image"] = torch.rand(1, 3, 16, 16, generator=g) * 2 - 1
-        kw["strength"] = 0.7
-    else:
-        kw.update(height=16, width=16)
-    if pipeline == "IFInpaintingPipeline":
-        mask = torch.zeros(1, 1, 16, 16)
-        mask[..., :, 8:] = 1
-        kw["mask_image"] = mask
+    kw = _if_pipeline_inputs(pipeline)
     ref_img = _run_if(cls, unet, theirs, emb, neg, **kw)
     our_img = _run_if(cls, unet, ours, emb, neg, **kw)
     assert torch.isfinite(ref_img).all()

@@ -347,7 +347,7 @@ def if_parts():
 @pytest.mark.parametrize("scheduler", ["dpm", "unipc"])
 def test_if_pipelines_same_images(if_parts, pipeline, scheduler, monkeypatch):
     """IF's stage-I config (thresholding 0.95 / 1.5) in diffusers' IF pipelines, on the fused path."""
-    from test_schedulers import IF_STAGE_I_CONFIG, _run_if
+    from test_schedulers import IF_STAGE_I_CONFIG, _if_pipeline_inputs, _run_if
 
     from diffaccel import functional as F
 
@@ -365,17 +365,7 @@ def test_if_pipelines_same_images(if_parts, pipeline, scheduler, monkeypatch):
     calls = []
     real = getattr(F, op)
     monkeypatch.setattr(F, op, lambda *a, **k: calls.append(1) or real(*a, **k))
-    kw = {}
-    g = torch.Generator().manual_seed(7)
-    if pipeline != "IFPipeline":
-        kw["image"] = torch.rand(1, 3, 16, 16, generator=g) * 2 - 1
-        kw["strength"] = 0.7
-    else:
-        kw.update(height=16, width=16)
-    if pipeline == "IFInpaintingPipeline":
-        mask = torch.zeros(1, 1, 16, 16)
-        mask[..., :, 8:] = 1
-        kw["mask_image"] = mask
+    kw = _if_pipeline_inputs(pipeline)
     ref_img = _run_if(cls, unet, theirs, emb, neg, **kw)
     our_img = _run_if(cls, unet, ours, emb, neg, **kw)
     assert calls, "the IF config must step on the fused op"
