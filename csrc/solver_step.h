@@ -25,9 +25,7 @@ inline SolverStepParams solver_params(const at::Tensor& x_t, const at::Tensor& e
                                       const std::optional<at::Tensor>& t_last2, int64_t predictor_order,
                                       double clip_x0, double threshold_ratio, double threshold_max,
                                       const at::Tensor& out, const at::Tensor& x0_out, const at::Tensor* x_corr_out) {
-  check_image("x_t", x_t);
-  check_like("eps_uncond", eps_u, x_t);
-  check_optional_like("eps_cond", eps_c, x_t);
+  check_step_eps(x_t, eps_u, eps_c);
   check_optional_like("x0_prev", x0_prev, x_t);
   check_optional_like("x_last", x_last, x_t);
   check_optional_like("x0_prev2", x0_prev2, x_t);

@@ -23,6 +23,13 @@ inline const int64_t* opt_steps(const std::optional<at::Tensor>& x) {
   return x.has_value() ? x->const_data_ptr<int64_t>() : nullptr;
 }
 
+// The checks every step starts with: x_t, then eps_uncond and eps_cond like it.
+inline void check_step_eps(const at::Tensor& x_t, const at::Tensor& eps_u, const std::optional<at::Tensor>& eps_c) {
+  check_image("x_t", x_t);
+  check_like("eps_uncond", eps_u, x_t);
+  check_optional_like("eps_cond", eps_c, x_t);
+}
+
 // The StepInputs part of a step's params, from its (checked) schema arguments.
 inline void fill_step_inputs(StepInputs& p, const at::Tensor& x_t, const at::Tensor& eps_u,
                              const std::optional<at::Tensor>& eps_c, double scale, const at::Tensor& abar,
@@ -47,9 +54,7 @@ void ddpm_step_op(const at::Tensor& x_t, const at::Tensor& eps_u, const std::opt
                   const std::optional<at::Tensor>& noise, int64_t variance_type,
                   const std::optional<at::Tensor>& predicted_variance, double clip_x0, double threshold_ratio,
                   double threshold_max, at::Tensor out) {
-  check_image("x_t", x_t);
-  check_like("eps_uncond", eps_u, x_t);
-  check_optional_like("eps_cond", eps_c, x_t);
+  check_step_eps(x_t, eps_u, eps_c);
   check_optional_like("noise", noise, x_t);
   check_optional_like("predicted_variance", predicted_variance, x_t);
   check_like("out", out, x_t);
@@ -71,9 +76,7 @@ template <StepRunner<DdimStepParams> Run>
 void ddim_step_op(const at::Tensor& x_t, const at::Tensor& eps_u, const std::optional<at::Tensor>& eps_c,
                   double scale, const at::Tensor& abar, const at::Tensor& t, const at::Tensor& t_prev, double eta,
                   const std::optional<at::Tensor>& noise, at::Tensor out) {
-  check_image("x_t", x_t);
-  check_like("eps_uncond", eps_u, x_t);
-  check_optional_like("eps_cond", eps_c, x_t);
+  check_step_eps(x_t, eps_u, eps_c);
   check_optional_like("noise", noise, x_t);
   check_like("out", out, x_t);
   check_step_schedule(x_t, abar, t, t_prev);
