@@ -1,6 +1,6 @@
 // The schema-level entry points of the multistep solver ops, written once for every device:
 // argument checks, then a SolverStepParams (params.h) handed to the device's runner. The CPU
-// (csrc/cpu/solver_ops.cpp) and CUDA (csrc/cuda/register.cpp) registrations instantiate them
+// (csrc/cpu/dispatch.cpp) and CUDA (csrc/cuda/register.cpp) registrations instantiate them
 // with their runner, so the long argument list lives here and in the schema only.
 #pragma once
 
@@ -10,16 +10,11 @@
 
 #include "checks.h"
 #include "params.h"
+#include "step_entry.h"
 
 namespace diffaccel {
 
-// A device's implementation: reads and writes through the params; x_t gives dtype and device.
-using SolverRunner = void (*)(const SolverStepParams&, const at::Tensor& x_t);
-
-inline const void* opt_data(const std::optional<at::Tensor>& x) { return x.has_value() ? x->const_data_ptr() : nullptr; }
-inline const int64_t* opt_steps(const std::optional<at::Tensor>& x) {
-  return x.has_value() ? x->const_data_ptr<int64_t>() : nullptr;
-}
+using SolverRunner = StepRunner<SolverStepParams>;
 
 inline SolverStepParams solver_params(const at::Tensor& x_t, const at::Tensor& eps_u,
                                       const std::optional<at::Tensor>& eps_c, double scale, const at::Tensor& abar,
@@ -30,9 +25,7 @@ inline SolverStepParams solver_params(const at::Tensor& x_t, const at::Tensor& e
                                       const std::optional<at::Tensor>& t_last2, int64_t predictor_order,
                                       double clip_x0, double threshold_ratio, double threshold_max,
                                       const at::Tensor& out, const at::Tensor& x0_out, const at::Tensor* x_corr_out) {
-  check_image("x_t", x_t);
-  check_like("eps_uncond", eps_u, x_t);
-  check_optional_like("eps_cond", eps_c, x_t);
+  check_step_eps(x_t, eps_u, eps_c);
   check_optional_like("x0_prev", x0_prev, x_t);
   check_optional_like("x_last", x_last, x_t);
   check_optional_like("x0_prev2", x0_prev2, x_t);
@@ -43,14 +36,7 @@ inline SolverStepParams solver_params(const at::Tensor& x_t, const at::Tensor& e
   check_solver_history(x_t, abar, x0_prev, t_last, x_last, x0_prev2, t_last2, predictor_order);
   check_threshold_options(threshold_ratio, threshold_max);
   SolverStepParams p;
-  p.x_t = x_t.const_data_ptr();
-  p.eps_uncond = eps_u.const_data_ptr();
-  p.eps_cond = opt_data(eps_c);
-  p.scale = static_cast<float>(scale);
-  p.alphas_cumprod = abar.const_data_ptr<float>();
-  p.num_timesteps = abar.numel();
-  p.t = t.const_data_ptr<int64_t>();
-  p.t_prev = t_prev.const_data_ptr<int64_t>();
+  fill_step_inputs(p, x_t, eps_u, eps_c, scale, abar, t, t_prev, out);
   p.x0_prev = opt_data(x0_prev);
   p.t_last = opt_steps(t_last);
   p.x_last = opt_data(x_last);
@@ -60,11 +46,8 @@ inline SolverStepParams solver_params(const at::Tensor& x_t, const at::Tensor& e
   p.clip_x0 = static_cast<float>(clip_x0);
   p.threshold_ratio = static_cast<float>(threshold_ratio);
   p.threshold_max = static_cast<float>(threshold_max);
-  p.out = out.data_ptr();
   p.x0_out = x0_out.data_ptr();
   p.x_corr_out = x_corr_out != nullptr ? x_corr_out->data_ptr() : nullptr;
-  p.n = x_t.size(0);
-  p.inner = x_t.size(0) == 0 ? 0 : x_t.numel() / x_t.size(0);
   return p;
 }
 

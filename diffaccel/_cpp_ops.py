@@ -128,28 +128,9 @@ class Backend:
         """Whether this build has a kernel of ``name`` for ``device`` (see _SOLVER_OPS)."""
         return ("CUDA" if device.type == "cuda" else "CPU") in _KERNELS.get(name, ())
 
-    @staticmethod
-    def add_noise(x0, noise, abar, t, out):
-        _ops.add_noise(x0, noise, abar, t, out)
-
-    @staticmethod
-    def predict_x0(x_t, eps, abar, t, out):
-        _ops.predict_x0(x_t, eps, abar, t, out)
-
-    @staticmethod
-    def cfg_combine(eps_u, eps_c, scale, out):
-        _ops.cfg_combine(eps_u, eps_c, scale, out)
-
-    @staticmethod
-    def ddpm_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, noise, variance_code,
-                  predicted_variance, clip_x0, th_ratio, th_max, out):
-        _ops.ddpm_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, noise, variance_code,
-                       predicted_variance, clip_x0, th_ratio, th_max, out)
-
-    @staticmethod
-    def ddim_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, eta, noise, out):
-        _ops.ddim_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, eta, noise, out)
-
+    # The calls of _OPS (add_noise, ..., gaussian_filter: out = blur(low) + (high - blur(high)),
+    # either input None) are the ops themselves, set below. The solver ops, which an older build
+    # may lack (_SOLVER_OPS; has_op says which exist), are looked up at the call.
     @staticmethod
     def dpmpp_2m_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, clip_x0, th_ratio, th_max,
                       out, x0_out):
@@ -166,11 +147,8 @@ class Backend:
     def heun_step(x, v, v_next, dt, out):
         _ops.heun_step(x, v, v_next, dt, out)
 
-    @staticmethod
-    def gaussian_filter(low, high, kernel_size, sigma, out):
-        """``out = blur(low) + (high - blur(high))``; either input may be None."""
-        _ops.gaussian_filter(low, high, kernel_size, sigma, out)
 
-    @staticmethod
-    def masked_project(x_t, x_orig, mask, noise, abar, t, out):
-        _ops.masked_project(x_t, x_orig, mask, noise, abar, t, out)
+# The ops every build has are the backend's calls themselves: their arguments are the schema's
+# (csrc/diffaccel.cpp), in the low-level order of functional._TorchBackend.
+for _name in _OPS:
+    setattr(Backend, _name, staticmethod(getattr(_ops, _name)))

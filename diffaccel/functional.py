@@ -423,18 +423,36 @@ def _step_common(x_t, alphas_cumprod, t, t_prev, noise):
     return x_t, abar, tt, tp, noise
 
 
+def _check_eps(cfg: bool, eps_u, eps_c, scale, x_t: torch.Tensor):
+    """A step's eps inputs: ``eps`` alone, or (cfg) ``eps_uncond``, ``eps_cond`` and ``scale``.
+    Returns them checked, with the eps tensors by name (for :func:`_check_out`)."""
+    if not cfg:
+        eps_u = _check_image("eps", eps_u, x_t)
+        return eps_u, None, 1.0, {"eps": eps_u}
+    eps_u = _check_image("eps_uncond", eps_u, x_t)
+    eps_c = _check_image("eps_cond", eps_c, x_t)
+    return eps_u, eps_c, _check_scalar("scale", scale), {"eps_uncond": eps_u, "eps_cond": eps_c}
+
+
+def _ddpm(cfg, x_t, eps_u, eps_c, scale, alphas_cumprod, t, t_prev, noise, variance, predicted_variance, clip_x0,
+          dynamic_threshold, out, backend):
+    """ddpm_step and (cfg) cfg_ddpm_step: the checks, then the backend's ddpm_step."""
+    x_t, abar, tt, tp, noise = _step_common(x_t, alphas_cumprod, t, t_prev, noise)
+    eps_u, eps_c, scale, eps = _check_eps(cfg, eps_u, eps_c, scale, x_t)
+    pv = _check_variance(variance, predicted_variance, x_t)
+    clip, ratio, max_value = _check_threshold(clip_x0, dynamic_threshold)
+    out = _check_out(out, x_t, x_t=x_t, **eps, noise=noise, predicted_variance=pv, alphas_cumprod=abar)
+    _get_backend(backend, x_t.device).ddpm_step(
+        x_t, eps_u, eps_c, scale, abar, tt, tp, noise, ref.VARIANCE_TYPES[variance], pv, clip, ratio, max_value, out)
+    return out
+
+
 def ddpm_step(x_t, eps, alphas_cumprod, t: Timestep, t_prev: Timestep, *, noise=None,
               variance: str = "fixed_small", predicted_variance=None, clip_x0: Optional[float] = None,
               dynamic_threshold: Optional[Tuple[float, float]] = None, out=None, backend: str = "auto"):
     """Strided DDPM posterior step t -> t_prev (SPEC A1.4, B2.3); see :func:`reference.ddpm_step`."""
-    x_t, abar, tt, tp, noise = _step_common(x_t, alphas_cumprod, t, t_prev, noise)
-    eps = _check_image("eps", eps, x_t)
-    pv = _check_variance(variance, predicted_variance, x_t)
-    clip, ratio, max_value = _check_threshold(clip_x0, dynamic_threshold)
-    out = _check_out(out, x_t, x_t=x_t, eps=eps, noise=noise, predicted_variance=pv, alphas_cumprod=abar)
-    _get_backend(backend, x_t.device).ddpm_step(
-        x_t, eps, None, 1.0, abar, tt, tp, noise, ref.VARIANCE_TYPES[variance], pv, clip, ratio, max_value, out)
-    return out
+    return _ddpm(False, x_t, eps, None, 1.0, alphas_cumprod, t, t_prev, noise, variance, predicted_variance,
+                 clip_x0, dynamic_threshold, out, backend)
 
 
 def cfg_ddpm_step(x_t, eps_uncond, eps_cond, scale: float, alphas_cumprod, t: Timestep, t_prev: Timestep, *,
@@ -447,47 +465,32 @@ def cfg_ddpm_step(x_t, eps_uncond, eps_cond, scale: float, alphas_cumprod, t: Ti
     two stages, unlike calling ``cfg_combine`` then ``ddpm_step``). ``predicted_variance``
     comes from the conditional pass (SPEC A1.6).
     """
+    return _ddpm(True, x_t, eps_uncond, eps_cond, scale, alphas_cumprod, t, t_prev, noise, variance,
+                 predicted_variance, clip_x0, dynamic_threshold, out, backend)
+
+
+def _ddim(cfg, x_t, eps_u, eps_c, scale, alphas_cumprod, t, t_prev, eta, noise, out, backend):
+    """ddim_step and (cfg) cfg_ddim_step: the checks, then the backend's ddim_step."""
     x_t, abar, tt, tp, noise = _step_common(x_t, alphas_cumprod, t, t_prev, noise)
-    eps_uncond = _check_image("eps_uncond", eps_uncond, x_t)
-    eps_cond = _check_image("eps_cond", eps_cond, x_t)
-    scale = _check_scalar("scale", scale)
-    pv = _check_variance(variance, predicted_variance, x_t)
-    clip, ratio, max_value = _check_threshold(clip_x0, dynamic_threshold)
-    out = _check_out(out, x_t, x_t=x_t, eps_uncond=eps_uncond, eps_cond=eps_cond, noise=noise,
-                     predicted_variance=pv, alphas_cumprod=abar)
-    _get_backend(backend, x_t.device).ddpm_step(
-        x_t, eps_uncond, eps_cond, scale, abar, tt, tp, noise, ref.VARIANCE_TYPES[variance], pv,
-        clip, ratio, max_value, out)
+    eps_u, eps_c, scale, eps = _check_eps(cfg, eps_u, eps_c, scale, x_t)
+    eta = _check_scalar("eta", eta)
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    out = _check_out(out, x_t, x_t=x_t, **eps, noise=noise, alphas_cumprod=abar)
+    _get_backend(backend, x_t.device).ddim_step(x_t, eps_u, eps_c, scale, abar, tt, tp, eta, noise, out)
     return out
 
 
 def ddim_step(x_t, eps, alphas_cumprod, t: Timestep, t_prev: Timestep, *, eta: float = 0.0, noise=None,
               out=None, backend: str = "auto"):
     """DDIM step t -> t_prev with stochasticity ``eta``; see :func:`reference.ddim_step`."""
-    x_t, abar, tt, tp, noise = _step_common(x_t, alphas_cumprod, t, t_prev, noise)
-    eps = _check_image("eps", eps, x_t)
-    eta = _check_scalar("eta", eta)
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
-    out = _check_out(out, x_t, x_t=x_t, eps=eps, noise=noise, alphas_cumprod=abar)
-    _get_backend(backend, x_t.device).ddim_step(x_t, eps, None, 1.0, abar, tt, tp, eta, noise, out)
-    return out
+    return _ddim(False, x_t, eps, None, 1.0, alphas_cumprod, t, t_prev, eta, noise, out, backend)
 
 
 def cfg_ddim_step(x_t, eps_uncond, eps_cond, scale: float, alphas_cumprod, t: Timestep, t_prev: Timestep, *,
                   eta: float = 0.0, noise=None, out=None, backend: str = "auto"):
     """CFG combine and DDIM step in one pass."""
-    x_t, abar, tt, tp, noise = _step_common(x_t, alphas_cumprod, t, t_prev, noise)
-    eps_uncond = _check_image("eps_uncond", eps_uncond, x_t)
-    eps_cond = _check_image("eps_cond", eps_cond, x_t)
-    scale = _check_scalar("scale", scale)
-    eta = _check_scalar("eta", eta)
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
-    out = _check_out(out, x_t, x_t=x_t, eps_uncond=eps_uncond, eps_cond=eps_cond, noise=noise,
-                     alphas_cumprod=abar)
-    _get_backend(backend, x_t.device).ddim_step(x_t, eps_uncond, eps_cond, scale, abar, tt, tp, eta, noise, out)
-    return out
+    return _ddim(True, x_t, eps_uncond, eps_cond, scale, alphas_cumprod, t, t_prev, eta, noise, out, backend)
 
 
 def gaussian_blur(x, kernel_size: int, sigma: float, *, out=None, backend: str = "auto"):

@@ -149,8 +149,6 @@ struct Forward<Member, R (*)(A...)> {
 };
 #define DIFFACCEL_FORWARD(NAME) &Forward<&CpuKernels::NAME, decltype(CpuKernels::NAME)>::call
 
-void run_solver(const SolverStepParams& p, const at::Tensor& x_t) { active().second.run_solver(p, x_t); }
-
 }  // namespace
 
 std::string cpu_capability() { return name(active().first); }
@@ -158,6 +156,7 @@ std::string cpu_capability() { return name(active().first); }
 }  // namespace diffaccel::cpu
 
 #include "../solver_step.h"
+#include "../step_entry.h"
 
 namespace diffaccel::cpu {
 
@@ -167,13 +166,13 @@ TORCH_LIBRARY_IMPL(diffaccel, CPU, m) {
   m.impl("predict_x0", DIFFACCEL_FORWARD(predict_x0));
   m.impl("masked_project", DIFFACCEL_FORWARD(masked_project));
   m.impl("cfg_combine", DIFFACCEL_FORWARD(cfg_combine));
-  m.impl("ddpm_step", DIFFACCEL_FORWARD(ddpm_step));
-  m.impl("ddim_step", DIFFACCEL_FORWARD(ddim_step));
+  m.impl("ddpm_step", &ddpm_step_op<DIFFACCEL_FORWARD(run_ddpm)>);
+  m.impl("ddim_step", &ddim_step_op<DIFFACCEL_FORWARD(run_ddim)>);
   m.impl("gaussian_filter", DIFFACCEL_FORWARD(gaussian_filter));
   m.impl("winograd_weight", DIFFACCEL_FORWARD(winograd_weight));
   m.impl("conv3x3_winograd", DIFFACCEL_FORWARD(conv3x3_winograd));
-  m.impl("dpmpp_2m_step", &dpmpp_2m_step_op<&run_solver>);
-  m.impl("unipc_step", &unipc_step_op<&run_solver>);
+  m.impl("dpmpp_2m_step", &dpmpp_2m_step_op<DIFFACCEL_FORWARD(run_solver)>);
+  m.impl("unipc_step", &unipc_step_op<DIFFACCEL_FORWARD(run_solver)>);
   m.impl("heun_step", DIFFACCEL_FORWARD(heun_step));
 }
 

@@ -25,13 +25,11 @@ struct CpuKernels {
   void (*predict_x0)(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, at::Tensor);
   void (*masked_project)(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                          const at::Tensor&, const at::Tensor&, at::Tensor);
-  // step_ops.cpp
+  // step_ops.cpp: cfg_combine, and the kernels behind ddpm_step / ddim_step (arguments checked by
+  // csrc/step_entry.h in the generic code)
   void (*cfg_combine)(const at::Tensor&, const at::Tensor&, double, at::Tensor);
-  void (*ddpm_step)(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double, const at::Tensor&,
-                    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t,
-                    const std::optional<at::Tensor>&, double, double, double, at::Tensor);
-  void (*ddim_step)(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, double, const at::Tensor&,
-                    const at::Tensor&, const at::Tensor&, double, const std::optional<at::Tensor>&, at::Tensor);
+  void (*run_ddpm)(const DdpmStepParams&, const at::Tensor&);
+  void (*run_ddim)(const DdimStepParams&, const at::Tensor&);
   // filter_ops.cpp
   void (*gaussian_filter)(const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, int64_t, double,
                           at::Tensor);

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../params.h"
 #include "../schedule.h"
 #include "quantile.h"
 #include "kernels.h"
@@ -24,9 +25,11 @@ namespace diffaccel::cpu {
 inline namespace CPU_CAPABILITY {
 namespace {
 
+// A step's inputs as the blocks read them: {x_t, eps_u, eps_c, extra0, extra1} (nullptr: absent).
 template <typename T>
-const T* opt_ptr(const std::optional<at::Tensor>& x) {
-  return x.has_value() ? x->const_data_ptr<T>() : nullptr;
+std::array<const T*, 5> typed_inputs(const StepInputs& p, const void* extra0, const void* extra1) {
+  return {static_cast<const T*>(p.x_t), static_cast<const T*>(p.eps_uncond), static_cast<const T*>(p.eps_cond),
+          static_cast<const T*>(extra0), static_cast<const T*>(extra1)};
 }
 
 // Guided eps on one vector: eps_u + scale (eps_c - eps_u), or eps_u without guidance. Kept in
@@ -71,14 +74,11 @@ struct DdpmSample {
   bool noisy;         // noise given and t > 0
 };
 
-std::vector<DdpmSample> ddpm_constants(const at::Tensor& abar, const at::Tensor& t, const at::Tensor& t_prev,
-                                       bool has_noise, int64_t variance_type, double clip_x0) {
-  const float* a = abar.const_data_ptr<float>();
-  const int64_t* tp = t.const_data_ptr<int64_t>();
-  const int64_t* pp = t_prev.const_data_ptr<int64_t>();
-  std::vector<DdpmSample> c(t.numel());
-  for (int64_t i = 0; i < t.numel(); ++i) {
-    const float a_t = abar_at(a, tp[i]), a_p = abar_at(a, pp[i]);
+// clip_x0 <= 0: no clamp (the thresholded step passes 0: its bound comes later).
+std::vector<DdpmSample> ddpm_constants(const DdpmStepParams& p, double clip_x0) {
+  std::vector<DdpmSample> c(p.n);
+  for (int64_t i = 0; i < p.n; ++i) {
+    const float a_t = abar_at(p.alphas_cumprod, p.t[i]), a_p = abar_at(p.alphas_cumprod, p.t_prev[i]);
     const float alpha = a_t / a_p, beta = 1.0f - alpha;
     DdpmSample& s = c[i];
     s.s1a = std::sqrt(1.0f - a_t);
@@ -86,13 +86,13 @@ std::vector<DdpmSample> ddpm_constants(const at::Tensor& abar, const at::Tensor&
     s.c_x0 = std::sqrt(a_p) * beta / (1.0f - a_t);
     s.c_xt = std::sqrt(alpha) * (1.0f - a_p) / (1.0f - a_t);
     const float small = std::max((1.0f - a_p) / (1.0f - a_t) * beta, 1e-20f);
-    s.std = variance_type == 1 ? std::sqrt(beta) : std::sqrt(small);
+    s.std = p.variance_type == 1 ? std::sqrt(beta) : std::sqrt(small);
     // 0.5 (frac log beta + (1 - frac) log small) with frac = (v + 1) / 2, as lv_a + lv_b v.
     const float half_span = 0.25f * (std::log(beta) - std::log(small));
     s.lv_a = 0.5f * std::log(small) + half_span;
     s.lv_b = half_span;
     s.clip = clip_x0 > 0 ? static_cast<float>(clip_x0) : std::numeric_limits<float>::infinity();
-    s.noisy = has_noise && tp[i] > 0;
+    s.noisy = p.noise != nullptr && p.t[i] > 0;
   }
   return c;
 }
@@ -119,7 +119,7 @@ void ddpm_block(const std::array<const float*, 5>& in, float* o, int64_t n, cons
 
 template <bool kCfg>
 void ddpm_block_any(const std::array<const float*, 5>& in, float* o, int64_t n, const DdpmSample& c, const fVec& g,
-                    int64_t variance_type) {
+                    int32_t variance_type) {
   if (!c.noisy) {
     ddpm_block<kCfg, 0>(in, o, n, c, g);
   } else if (variance_type == 2) {
@@ -129,32 +129,20 @@ void ddpm_block_any(const std::array<const float*, 5>& in, float* o, int64_t n, 
   }
 }
 
-void ddpm_step(const at::Tensor& x_t, const at::Tensor& eps_u, const std::optional<at::Tensor>& eps_c, double scale,
-               const at::Tensor& abar, const at::Tensor& t, const at::Tensor& t_prev,
-               const std::optional<at::Tensor>& noise, int64_t variance_type,
-               const std::optional<at::Tensor>& predicted_variance, double clip_x0, double threshold_ratio,
-               double threshold_max, at::Tensor out) {
-  check_image("x_t", x_t);
-  check_like("eps_uncond", eps_u, x_t);
-  check_optional_like("eps_cond", eps_c, x_t);
-  check_optional_like("noise", noise, x_t);
-  check_optional_like("predicted_variance", predicted_variance, x_t);
-  check_like("out", out, x_t);
-  check_step_schedule(x_t, abar, t, t_prev);
-  check_ddpm_options(variance_type, predicted_variance, threshold_ratio, threshold_max);
-  if (x_t.numel() == 0) return;
+// The DDPM step (arguments checked by ddpm_step_op, csrc/step_entry.h).
+void run_ddpm(const DdpmStepParams& p, const at::Tensor& x_t) {
+  if (p.n == 0 || p.inner == 0) return;
 
-  const bool threshold = threshold_ratio > 0;
-  auto coef = ddpm_constants(abar, t, t_prev, noise.has_value(), variance_type, threshold ? 0.0 : clip_x0);
-  const int64_t per_sample = x_t.numel() / x_t.size(0);
-  const fVec g(static_cast<float>(scale));
-  const bool cfg = eps_c.has_value();
+  const bool threshold = p.threshold_ratio > 0;
+  auto coef = ddpm_constants(p, threshold ? 0.0 : p.clip_x0);
+  const int64_t per_sample = p.inner;
+  const fVec g(p.scale);
+  const bool cfg = p.eps_cond != nullptr;
+  const int32_t variance_type = p.variance_type;
 
   DIFFACCEL_DISPATCH(x_t.scalar_type(), "ddpm_step", [&] {
-    const std::array<const scalar_t*, 5> in{x_t.const_data_ptr<scalar_t>(), eps_u.const_data_ptr<scalar_t>(),
-                                            opt_ptr<scalar_t>(eps_c), opt_ptr<scalar_t>(noise),
-                                            opt_ptr<scalar_t>(predicted_variance)};
-    scalar_t* op = out.mutable_data_ptr<scalar_t>();
+    const auto in = typed_inputs<scalar_t>(p, p.noise, p.predicted_variance);
+    scalar_t* op = static_cast<scalar_t*>(p.out);
     // The step over [lo, hi) of sample s, given its constants; `stream` (std::true_type) writes
     // `out` with streaming stores.
     auto step_with = [&](auto stream, int64_t s, int64_t lo, int64_t hi) {
@@ -165,7 +153,7 @@ void ddpm_step(const at::Tensor& x_t, const at::Tensor& eps_u, const std::option
     };
     auto step = [&](int64_t s, int64_t lo, int64_t hi) { step_with(std::false_type{}, s, lo, hi); };
     if (!threshold) {
-      at::parallel_for(0, x_t.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, p.n * per_sample, kGrain, [&](int64_t begin, int64_t end) {
         for_each_segment(begin, end, per_sample, step);
       });
       return;
@@ -174,14 +162,13 @@ void ddpm_step(const at::Tensor& x_t, const at::Tensor& eps_u, const std::option
     // the step clamps x0_hat to [-s, s], the 1/s being folded into the mean's coefficient.
     // Outputs larger than the last-level cache are written with streaming stores: no read for
     // ownership of `out`.
-    const bool stream = out.scalar_type() == at::kFloat && out.numel() * 4 >= kStreamBytes;
-    const float gs = static_cast<float>(scale);
+    const bool stream = x_t.scalar_type() == at::kFloat && p.n * per_sample * 4 >= kStreamBytes;
     for_each_thresholded_sample(
-        x_t.size(0), per_sample,
+        p.n, per_sample,
         [&](int64_t s, int64_t chunks) {
-          const AbsX0Numerator<scalar_t> fill{in[0], in[1], in[2], coef[s].s1a, gs};
+          const AbsX0Numerator<scalar_t> fill{in[0], in[1], in[2], coef[s].s1a, p.scale};
           const float thr = threshold_scale(
-              quantile(fill, s * per_sample, per_sample, coef[s].sa, threshold_ratio, chunks), threshold_max);
+              quantile(fill, s * per_sample, per_sample, coef[s].sa, p.threshold_ratio, chunks), p.threshold_max);
           coef[s].clip = thr;
           coef[s].c_x0 /= thr;
         },
@@ -213,38 +200,26 @@ void ddim_block(const std::array<const float*, 5>& in, float* o, int64_t n, cons
   });
 }
 
-void ddim_step(const at::Tensor& x_t, const at::Tensor& eps_u, const std::optional<at::Tensor>& eps_c, double scale,
-               const at::Tensor& abar, const at::Tensor& t, const at::Tensor& t_prev, double eta,
-               const std::optional<at::Tensor>& noise, at::Tensor out) {
-  check_image("x_t", x_t);
-  check_like("eps_uncond", eps_u, x_t);
-  check_optional_like("eps_cond", eps_c, x_t);
-  check_optional_like("noise", noise, x_t);
-  check_like("out", out, x_t);
-  check_step_schedule(x_t, abar, t, t_prev);
-  TORCH_CHECK_VALUE(eta >= 0, "diffaccel: eta must be >= 0, got ", eta);
-  if (x_t.numel() == 0) return;
+// The DDIM step (arguments checked by ddim_step_op, csrc/step_entry.h).
+void run_ddim(const DdimStepParams& p, const at::Tensor& x_t) {
+  if (p.n == 0 || p.inner == 0) return;
 
-  const float* a = abar.const_data_ptr<float>();
-  const int64_t* tp = t.const_data_ptr<int64_t>();
-  const int64_t* pp = t_prev.const_data_ptr<int64_t>();
-  std::vector<DdimSample> coef(x_t.size(0));
-  for (int64_t i = 0; i < x_t.size(0); ++i) {
-    const float a_t = abar_at(a, tp[i]), a_p = abar_at(a, pp[i]);
+  std::vector<DdimSample> coef(p.n);
+  for (int64_t i = 0; i < p.n; ++i) {
+    const float a_t = abar_at(p.alphas_cumprod, p.t[i]), a_p = abar_at(p.alphas_cumprod, p.t_prev[i]);
     const float var = (1.0f - a_p) / (1.0f - a_t) * (1.0f - a_t / a_p);
-    const float sigma = static_cast<float>(eta) * std::sqrt(var);
+    const float sigma = static_cast<float>(p.eta) * std::sqrt(var);
     coef[i] = {std::sqrt(1.0f - a_t), std::sqrt(a_t), std::sqrt(a_p), std::sqrt(std::max(1.0f - a_p - sigma * sigma, 0.0f)),
-               sigma, noise.has_value() && eta > 0};
+               sigma, p.noise != nullptr && p.eta > 0};
   }
-  const int64_t per_sample = x_t.numel() / x_t.size(0);
-  const fVec g(static_cast<float>(scale));
-  const bool cfg = eps_c.has_value();
+  const int64_t per_sample = p.inner;
+  const fVec g(p.scale);
+  const bool cfg = p.eps_cond != nullptr;
 
   DIFFACCEL_DISPATCH(x_t.scalar_type(), "ddim_step", [&] {
-    const std::array<const scalar_t*, 5> in{x_t.const_data_ptr<scalar_t>(), eps_u.const_data_ptr<scalar_t>(),
-                                            opt_ptr<scalar_t>(eps_c), opt_ptr<scalar_t>(noise), nullptr};
-    scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, x_t.numel(), kGrain, [&](int64_t begin, int64_t end) {
+    const auto in = typed_inputs<scalar_t>(p, p.noise, nullptr);
+    scalar_t* op = static_cast<scalar_t*>(p.out);
+    at::parallel_for(0, p.n * per_sample, kGrain, [&](int64_t begin, int64_t end) {
       for_each_segment(begin, end, per_sample, [&](int64_t s, int64_t lo, int64_t hi) {
         const DdimSample& c = coef[s];
         for_each_block<5>(in, op, lo, hi, [&](const auto& f, float* o, int64_t n) {
@@ -265,8 +240,8 @@ void ddim_step(const at::Tensor& x_t, const at::Tensor& eps_u, const std::option
 // CPU has this level).
 void fill_step_kernels(CpuKernels& k) {
   k.cfg_combine = &cfg_combine;
-  k.ddpm_step = &ddpm_step;
-  k.ddim_step = &ddim_step;
+  k.run_ddpm = &run_ddpm;
+  k.run_ddim = &run_ddim;
 }
 
 }  // namespace CPU_CAPABILITY

@@ -69,7 +69,8 @@ inline int64_t ddpm_step_scratch_floats(int64_t n, float threshold_ratio) {
   return threshold_ratio > 0.f ? n : 0;
 }
 
-//! SPEC A1.4 / B2.3: DDPM posterior step t -> t_prev (see reference.ddpm_step).
+//! SPEC A1.4 / B2.3: DDPM posterior step t -> t_prev (see reference.ddpm_step; the arguments in
+//! params.h).
 //!
 //! eps = eps_uncond, or eps_uncond + scale (eps_cond - eps_uncond) in float32 (never rounded
 //! to the storage dtype: it is not stored) when eps_cond != nullptr. variance_type: VarianceType;
@@ -78,18 +79,14 @@ inline int64_t ddpm_step_scratch_floats(int64_t n, float threshold_ratio) {
 //! takes precedence over clip_x0 and needs `scratch`: a float32 device buffer of
 //! ddpm_step_scratch_floats(n, threshold_ratio) = N floats (receives the per-sample s);
 //! scratch may be nullptr otherwise. noise == nullptr: no noise; else it is added only to
-//! samples with t > 0. Needs inner < 2^31 when thresholding.
-cudaError_t ddpm_step(DType dtype, const void* x_t, const void* eps_uncond, const void* eps_cond, float scale,
-                      const float* alphas_cumprod, int64_t num_timesteps, const int64_t* t, const int64_t* t_prev,
-                      const void* noise, int32_t variance_type, const void* predicted_variance, float clip_x0,
-                      float threshold_ratio, float threshold_max, float* scratch, void* out, int64_t n,
-                      int64_t inner, cudaStream_t stream);
+//! samples with t > 0. The scalar options are rounded to float32 here. Needs inner < 2^31 when
+//! thresholding.
+cudaError_t ddpm_step(DType dtype, const DdpmStepParams& params, float* scratch, cudaStream_t stream);
 
-//! DDIM step t -> t_prev with stochasticity eta (see reference.ddim_step); eps_cond as in
-//! ddpm_step. Noise (if not nullptr) is added when eta > 0, as the reference does.
-cudaError_t ddim_step(DType dtype, const void* x_t, const void* eps_uncond, const void* eps_cond, float scale,
-                      const float* alphas_cumprod, int64_t num_timesteps, const int64_t* t, const int64_t* t_prev,
-                      float eta, const void* noise, void* out, int64_t n, int64_t inner, cudaStream_t stream);
+//! DDIM step t -> t_prev with stochasticity eta (see reference.ddim_step; the arguments in
+//! params.h); eps_cond as in ddpm_step. Noise (if not nullptr) is added when eta > 0, as the
+//! reference does.
+cudaError_t ddim_step(DType dtype, const DdimStepParams& params, cudaStream_t stream);
 
 //! Floats of `scratch` solver_step needs: N when dynamic thresholding is on, else 0.
 inline int64_t solver_step_scratch_floats(int64_t n, float threshold_ratio) {

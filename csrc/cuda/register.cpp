@@ -14,6 +14,7 @@
 
 #include "../checks.h"
 #include "../solver_step.h"
+#include "../step_entry.h"
 #include "launchers.h"
 
 namespace diffaccel::cuda {
@@ -71,43 +72,30 @@ void cfg_combine(const at::Tensor& eps_u, const at::Tensor& eps_c, double scale,
              "cfg_combine");
 }
 
-void ddpm_step(const at::Tensor& x_t, const at::Tensor& eps_u, const std::optional<at::Tensor>& eps_c, double scale,
-               const at::Tensor& abar, const at::Tensor& t, const at::Tensor& t_prev,
-               const std::optional<at::Tensor>& noise, int64_t variance_type,
-               const std::optional<at::Tensor>& predicted_variance, double clip_x0, double threshold_ratio,
-               double threshold_max, at::Tensor out) {
-  check_image("x_t", x_t);
-  check_like("eps_uncond", eps_u, x_t);
-  check_optional_like("eps_cond", eps_c, x_t);
-  check_optional_like("noise", noise, x_t);
-  check_optional_like("predicted_variance", predicted_variance, x_t);
-  check_like("out", out, x_t);
-  check_step_schedule(x_t, abar, t, t_prev);
-  check_ddpm_options(variance_type, predicted_variance, threshold_ratio, threshold_max);
+// A float32 device buffer of `floats` (none for 0) from the caching allocator: no cudaMalloc,
+// graph-capture safe. scratch_ptr: its data, nullptr when there is none.
+at::Tensor scratch_for(const at::Tensor& x, int64_t floats) {
+  return floats > 0 ? at::empty({floats}, x.options().dtype(at::kFloat)) : at::Tensor();
+}
+float* scratch_ptr(at::Tensor& scratch) { return scratch.defined() ? scratch.mutable_data_ptr<float>() : nullptr; }
+
+// The CUDA runners of the step ops (entry points and checks: step_entry.h, solver_step.h).
+void run_ddpm(const DdpmStepParams& p, const at::Tensor& x_t) {
   const c10::cuda::CUDAGuard guard(x_t.device());
-  const int64_t n = x_t.size(0);
-  const int64_t scratch_floats = launch::ddpm_step_scratch_floats(n, static_cast<float>(threshold_ratio));
-  at::Tensor scratch;  // from the caching allocator: no cudaMalloc, graph-capture safe
-  if (scratch_floats > 0) scratch = at::empty({scratch_floats}, x_t.options().dtype(at::kFloat));
-  check_cuda(launch::ddpm_step(dtype_of(x_t), x_t.const_data_ptr(), eps_u.const_data_ptr(), opt_ptr(eps_c),
-                               static_cast<float>(scale), abar.const_data_ptr<float>(), abar.numel(),
-                               t.const_data_ptr<int64_t>(), t_prev.const_data_ptr<int64_t>(), opt_ptr(noise),
-                               static_cast<int32_t>(variance_type), opt_ptr(predicted_variance),
-                               static_cast<float>(clip_x0), static_cast<float>(threshold_ratio),
-                               static_cast<float>(threshold_max),
-                               scratch.defined() ? scratch.mutable_data_ptr<float>() : nullptr,
-                               out.mutable_data_ptr(), n, inner_of(x_t), c10::cuda::getCurrentCUDAStream()),
+  at::Tensor scratch = scratch_for(x_t, launch::ddpm_step_scratch_floats(p.n, static_cast<float>(p.threshold_ratio)));
+  check_cuda(launch::ddpm_step(dtype_of(x_t), p, scratch_ptr(scratch), c10::cuda::getCurrentCUDAStream()),
              "ddpm_step");
 }
 
-// The CUDA runner of the solver ops (entry points and checks: solver_step.h).
+void run_ddim(const DdimStepParams& p, const at::Tensor& x_t) {
+  const c10::cuda::CUDAGuard guard(x_t.device());
+  check_cuda(launch::ddim_step(dtype_of(x_t), p, c10::cuda::getCurrentCUDAStream()), "ddim_step");
+}
+
 void run_solver(const SolverStepParams& p, const at::Tensor& x_t) {
   const c10::cuda::CUDAGuard guard(x_t.device());
-  const int64_t scratch_floats = launch::solver_step_scratch_floats(p.n, p.threshold_ratio);
-  at::Tensor scratch;  // from the caching allocator: no cudaMalloc, graph-capture safe
-  if (scratch_floats > 0) scratch = at::empty({scratch_floats}, x_t.options().dtype(at::kFloat));
-  check_cuda(launch::solver_step(dtype_of(x_t), p, scratch.defined() ? scratch.mutable_data_ptr<float>() : nullptr,
-                                 c10::cuda::getCurrentCUDAStream()),
+  at::Tensor scratch = scratch_for(x_t, launch::solver_step_scratch_floats(p.n, p.threshold_ratio));
+  check_cuda(launch::solver_step(dtype_of(x_t), p, scratch_ptr(scratch), c10::cuda::getCurrentCUDAStream()),
              "solver_step");
 }
 
@@ -121,25 +109,6 @@ void heun_step(const at::Tensor& x, const at::Tensor& v, const at::Tensor& v_nex
                                static_cast<float>(dt), out.mutable_data_ptr(), x.numel(),
                                c10::cuda::getCurrentCUDAStream()),
              "heun_step");
-}
-
-void ddim_step(const at::Tensor& x_t, const at::Tensor& eps_u, const std::optional<at::Tensor>& eps_c, double scale,
-               const at::Tensor& abar, const at::Tensor& t, const at::Tensor& t_prev, double eta,
-               const std::optional<at::Tensor>& noise, at::Tensor out) {
-  check_image("x_t", x_t);
-  check_like("eps_uncond", eps_u, x_t);
-  check_optional_like("eps_cond", eps_c, x_t);
-  check_optional_like("noise", noise, x_t);
-  check_like("out", out, x_t);
-  check_step_schedule(x_t, abar, t, t_prev);
-  TORCH_CHECK_VALUE(eta >= 0, "diffaccel: eta must be >= 0, got ", eta);
-  const c10::cuda::CUDAGuard guard(x_t.device());
-  check_cuda(launch::ddim_step(dtype_of(x_t), x_t.const_data_ptr(), eps_u.const_data_ptr(), opt_ptr(eps_c),
-                               static_cast<float>(scale), abar.const_data_ptr<float>(), abar.numel(),
-                               t.const_data_ptr<int64_t>(), t_prev.const_data_ptr<int64_t>(),
-                               static_cast<float>(eta), opt_ptr(noise), out.mutable_data_ptr(), x_t.size(0),
-                               inner_of(x_t), c10::cuda::getCurrentCUDAStream()),
-             "ddim_step");
 }
 
 void gaussian_filter(const std::optional<at::Tensor>& low, const std::optional<at::Tensor>& high,
@@ -176,11 +145,11 @@ TORCH_LIBRARY_IMPL(diffaccel, CUDA, m) {
   m.impl("add_noise", &add_noise);
   m.impl("predict_x0", &predict_x0);
   m.impl("cfg_combine", &cfg_combine);
-  m.impl("ddpm_step", &ddpm_step);
+  m.impl("ddpm_step", &ddpm_step_op<&run_ddpm>);
   m.impl("dpmpp_2m_step", &dpmpp_2m_step_op<&run_solver>);
   m.impl("unipc_step", &unipc_step_op<&run_solver>);
   m.impl("heun_step", &heun_step);
-  m.impl("ddim_step", &ddim_step);
+  m.impl("ddim_step", &ddim_step_op<&run_ddim>);
   m.impl("gaussian_filter", &gaussian_filter);
   m.impl("masked_project", &masked_project);
 }

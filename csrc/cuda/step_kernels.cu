@@ -35,6 +35,13 @@ struct EpsInputs {
   }
 };
 
+//! A step's EpsInputs, from its params (params.h).
+template <typename T>
+EpsInputs<T> eps_inputs(const StepInputs& p) {
+  return {static_cast<const T*>(p.x_t), static_cast<const T*>(p.eps_uncond), static_cast<const T*>(p.eps_cond),
+          p.scale};
+}
+
 //! x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t). One definition, so the quantile
 //! kernel and the step see bit-identical x0_hat.
 __device__ __forceinline__ float x0_hat(float x, float e, float sqrt_1m_at, float sqrt_at) {
@@ -435,9 +442,14 @@ struct DdimOp {
   }
 };
 
-bool bad_step_args(int64_t n, int64_t inner, int64_t num_t, const void* x_t, const void* eps_u,
-                   const float* abar, const int64_t* t, const int64_t* t_prev, const void* out) {
-  return n < 0 || inner < 0 || num_t <= 0 || !x_t || !eps_u || !abar || !t || !t_prev || !out;
+bool bad_step_args(const StepInputs& p) {
+  return p.n < 0 || p.inner < 0 || p.num_timesteps <= 0 || !p.x_t || !p.eps_uncond || !p.alphas_cumprod || !p.t ||
+         !p.t_prev || !p.out;
+}
+
+//! The StepInputs pointers allow 16-byte vector access (the op's own extra pointers come on top).
+bool aligned_step(const StepInputs& p) {
+  return aligned16(p.x_t) && aligned16(p.eps_uncond) && aligned16(p.eps_cond) && aligned16(p.out);
 }
 
 }  // namespace
@@ -463,65 +475,53 @@ cudaError_t da::cfg_combine(DType dtype, const void* eps_uncond, const void* eps
   });
 }
 
-cudaError_t da::ddpm_step(DType dtype, const void* x_t, const void* eps_uncond, const void* eps_cond, float scale,
-                          const float* alphas_cumprod, int64_t num_timesteps, const int64_t* t,
-                          const int64_t* t_prev, const void* noise, int32_t variance_type,
-                          const void* predicted_variance, float clip_x0, float threshold_ratio,
-                          float threshold_max, float* scratch, void* out, int64_t n, int64_t inner,
-                          cudaStream_t stream) {
+cudaError_t da::ddpm_step(DType dtype, const DdpmStepParams& p, float* scratch, cudaStream_t stream) {
   using namespace detail;
-  if (bad_step_args(n, inner, num_timesteps, x_t, eps_uncond, alphas_cumprod, t, t_prev, out))
-    return cudaErrorInvalidValue;
-  if (variance_type < kFixedSmall || variance_type > kLearnedRange) return cudaErrorInvalidValue;
-  if (variance_type == kLearnedRange && noise != nullptr && predicted_variance == nullptr)
+  // The schema's doubles, rounded as the launch takes them.
+  const float clip_x0 = static_cast<float>(p.clip_x0), threshold_ratio = static_cast<float>(p.threshold_ratio),
+              threshold_max = static_cast<float>(p.threshold_max);
+  if (bad_step_args(p)) return cudaErrorInvalidValue;
+  if (p.variance_type < kFixedSmall || p.variance_type > kLearnedRange) return cudaErrorInvalidValue;
+  if (p.variance_type == kLearnedRange && p.noise != nullptr && p.predicted_variance == nullptr)
     return cudaErrorInvalidValue;
   const bool threshold = threshold_ratio > 0.f;
   if (threshold && (threshold_ratio > 1.f || !(threshold_max >= 1.f) || scratch == nullptr ||
-                    inner >= (int64_t{1} << 31)))
+                    p.inner >= (int64_t{1} << 31)))
     return cudaErrorInvalidValue;
-  if (n == 0 || inner == 0) return cudaSuccess;
-  const bool vec = aligned16(x_t) && aligned16(eps_uncond) && aligned16(eps_cond) && aligned16(noise) &&
-                   aligned16(predicted_variance) && aligned16(out);
+  if (p.n == 0 || p.inner == 0) return cudaSuccess;
+  const bool vec = aligned_step(p) && aligned16(p.noise) && aligned16(p.predicted_variance);
   return dispatch(dtype, [&](auto tag) -> cudaError_t {
     using T = typename decltype(tag)::type;
-    const DdpmOp<T> op{{static_cast<const T*>(x_t), static_cast<const T*>(eps_uncond),
-                        static_cast<const T*>(eps_cond), scale},
-                       alphas_cumprod, num_timesteps, t, t_prev,
-                       static_cast<const T*>(noise), static_cast<const T*>(predicted_variance), variance_type,
+    const DdpmOp<T> op{eps_inputs<T>(p), p.alphas_cumprod, p.num_timesteps, p.t, p.t_prev,
+                       static_cast<const T*>(p.noise), static_cast<const T*>(p.predicted_variance), p.variance_type,
                        threshold ? X0Bound::kThreshold : (clip_x0 > 0.f ? X0Bound::kClip : X0Bound::kNone),
-                       clip_x0, scratch, static_cast<T*>(out)};
+                       clip_x0, scratch, static_cast<T*>(p.out)};
     if (threshold) {
-      const cudaError_t err = launch_threshold<T>(op, n, inner, vec, threshold_ratio, threshold_max, scratch, stream);
+      const cudaError_t err =
+          launch_threshold<T>(op, p.n, p.inner, vec, threshold_ratio, threshold_max, scratch, stream);
       if (err != cudaSuccess) return err;
     }
-    return launch_rows<T>(op, n, inner, vec, stream);
+    return launch_rows<T>(op, p.n, p.inner, vec, stream);
   });
 }
 
-cudaError_t da::ddim_step(DType dtype, const void* x_t, const void* eps_uncond, const void* eps_cond, float scale,
-                          const float* alphas_cumprod, int64_t num_timesteps, const int64_t* t,
-                          const int64_t* t_prev, float eta, const void* noise, void* out, int64_t n,
-                          int64_t inner, cudaStream_t stream) {
+cudaError_t da::ddim_step(DType dtype, const DdimStepParams& p, cudaStream_t stream) {
   using namespace detail;
-  if (bad_step_args(n, inner, num_timesteps, x_t, eps_uncond, alphas_cumprod, t, t_prev, out) || eta < 0.f)
-    return cudaErrorInvalidValue;
-  if (n == 0 || inner == 0) return cudaSuccess;
-  const bool vec = aligned16(x_t) && aligned16(eps_uncond) && aligned16(eps_cond) && aligned16(noise) &&
-                   aligned16(out);
+  const float eta = static_cast<float>(p.eta);  // the schema's double, rounded as the launch takes it
+  if (bad_step_args(p) || eta < 0.f) return cudaErrorInvalidValue;
+  if (p.n == 0 || p.inner == 0) return cudaSuccess;
+  const bool vec = aligned_step(p) && aligned16(p.noise);
   return dispatch(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const DdimOp<T> op{{static_cast<const T*>(x_t), static_cast<const T*>(eps_uncond),
-                        static_cast<const T*>(eps_cond), scale},
-                       alphas_cumprod, num_timesteps, t, t_prev, eta, static_cast<const T*>(noise),
-                       static_cast<T*>(out)};
-    return launch_rows<T>(op, n, inner, vec, stream);
+    const DdimOp<T> op{eps_inputs<T>(p), p.alphas_cumprod, p.num_timesteps, p.t, p.t_prev, eta,
+                       static_cast<const T*>(p.noise), static_cast<T*>(p.out)};
+    return launch_rows<T>(op, p.n, p.inner, vec, stream);
   });
 }
 
 cudaError_t da::solver_step(DType dtype, const SolverStepParams& p, float* scratch, cudaStream_t stream) {
   using namespace detail;
-  if (bad_step_args(p.n, p.inner, p.num_timesteps, p.x_t, p.eps_uncond, p.alphas_cumprod, p.t, p.t_prev, p.out) ||
-      !p.x0_out || (p.x0_prev != nullptr) != (p.t_last != nullptr) ||
+  if (bad_step_args(p) || !p.x0_out || (p.x0_prev != nullptr) != (p.t_last != nullptr) ||
       (p.x0_prev2 != nullptr) != (p.t_last2 != nullptr) || (p.x_last != nullptr && p.x0_prev == nullptr) ||
       (p.x0_prev2 != nullptr && p.x_last == nullptr) || (p.predictor_order != 1 && p.predictor_order != 2))
     return cudaErrorInvalidValue;
@@ -530,14 +530,11 @@ cudaError_t da::solver_step(DType dtype, const SolverStepParams& p, float* scrat
                     p.inner >= (int64_t{1} << 31)))
     return cudaErrorInvalidValue;
   if (p.n == 0 || p.inner == 0) return cudaSuccess;
-  const bool vec = aligned16(p.x_t) && aligned16(p.eps_uncond) && aligned16(p.eps_cond) && aligned16(p.x0_prev) &&
-                   aligned16(p.x_last) && aligned16(p.x0_prev2) && aligned16(p.out) && aligned16(p.x0_out) &&
-                   aligned16(p.x_corr_out);
+  const bool vec = aligned_step(p) && aligned16(p.x0_prev) && aligned16(p.x_last) && aligned16(p.x0_prev2) &&
+                   aligned16(p.x0_out) && aligned16(p.x_corr_out);
   return dispatch(dtype, [&](auto tag) -> cudaError_t {
     using T = typename decltype(tag)::type;
-    const SolverOp<T> op{{static_cast<const T*>(p.x_t), static_cast<const T*>(p.eps_uncond),
-                          static_cast<const T*>(p.eps_cond), p.scale},
-                         p.alphas_cumprod, p.num_timesteps, p.t, p.t_prev, p.t_last, p.t_last2,
+    const SolverOp<T> op{eps_inputs<T>(p), p.alphas_cumprod, p.num_timesteps, p.t, p.t_prev, p.t_last, p.t_last2,
                          static_cast<const T*>(p.x0_prev), static_cast<const T*>(p.x_last),
                          static_cast<const T*>(p.x0_prev2), static_cast<int>(p.mode()), p.predictor_order == 2,
                          threshold ? X0Bound::kThreshold : (p.clip_x0 > 0.f ? X0Bound::kClip : X0Bound::kNone),

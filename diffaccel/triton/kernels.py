@@ -25,10 +25,11 @@ Launch counts:
 * ``gaussian_filter``: 2 (a horizontal pass into float32 temporaries, a vertical pass
   that also forms ``blur(low) + high - blur(high)``).
 
-Every launcher takes the arguments of the matching low-level backend call
-(``functional._TorchBackend``) plus ``wrap``: ``diffaccel.triton.ops`` passes
-``torch.library.wrap_triton`` so ``torch.compile`` can trace the launches; called
-directly (Triton's interpreter, ``TRITON_INTERPRET=1``) the kernels launch as they are.
+Every launcher of an op takes the arguments of the matching low-level backend call
+(``functional._TorchBackend``), annotated (its signature is the op's schema: ``diffaccel.triton.ops``
+registers each as ``torch.ops.diffaccel.<name>_triton``), plus ``wrap``: the ops pass
+``torch.library.wrap_triton`` so ``torch.compile`` can trace the launches; called directly
+(Triton's interpreter, ``TRITON_INTERPRET=1``) the kernels launch as they are.
 Inputs arrive contiguous (``diffaccel.functional`` guarantees it).
 """
 from __future__ import annotations
@@ -490,9 +491,11 @@ def _per_sample_grid(x: torch.Tensor, block: int):
 # ----------------------------------------------------------------------------- launchers
 #: ``torch.library.wrap_triton`` (traceable launches) or the identity (plain launches)
 Wrap = Callable[[Any], Any]
+Tensor = torch.Tensor
 
 
-def add_noise(x0, noise, abar, t, out, *, wrap: Wrap = _identity) -> None:
+def add_noise(x0: Tensor, noise: Tensor, abar: Tensor, t: Tensor, out: Tensor, *, wrap: Wrap = _identity) -> None:
+    """SPEC A1.1: ``out = sqrt(abar[t]) x0 + sqrt(1 - abar[t]) noise``."""
     if x0.numel() == 0:
         return
     inner = x0.numel() // x0.shape[0]
@@ -501,7 +504,8 @@ def add_noise(x0, noise, abar, t, out, *, wrap: Wrap = _identity) -> None:
         x0, noise, abar, t, out, inner, abar.numel(), BLOCK=block, num_warps=_NUM_WARPS)
 
 
-def predict_x0(x_t, eps, abar, t, out, *, wrap: Wrap = _identity) -> None:
+def predict_x0(x_t: Tensor, eps: Tensor, abar: Tensor, t: Tensor, out: Tensor, *, wrap: Wrap = _identity) -> None:
+    """SPEC A1.3: ``out = (x_t - sqrt(1 - abar[t]) eps) / sqrt(abar[t])``."""
     if x_t.numel() == 0:
         return
     inner = x_t.numel() // x_t.shape[0]
@@ -510,7 +514,8 @@ def predict_x0(x_t, eps, abar, t, out, *, wrap: Wrap = _identity) -> None:
         x_t, eps, abar, t, out, inner, abar.numel(), BLOCK=block, num_warps=_NUM_WARPS)
 
 
-def cfg_combine(eps_u, eps_c, scale: float, out, *, wrap: Wrap = _identity) -> None:
+def cfg_combine(eps_u: Tensor, eps_c: Tensor, scale: float, out: Tensor, *, wrap: Wrap = _identity) -> None:
+    """SPEC A1.6: ``out = eps_u + scale (eps_c - eps_u)``."""
     numel = eps_u.numel()
     if numel == 0:
         return
@@ -575,19 +580,26 @@ def solver_step(x_t, eps_u, eps_c: Optional[torch.Tensor], scale: float, abar, t
         THRESHOLD=thresholding, BLOCK=block, num_warps=_NUM_WARPS)
 
 
-def dpmpp_2m_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, clip_x0, th_ratio, th_max, out,
-                  x0_out, *, wrap: Wrap = _identity) -> None:
+def dpmpp_2m_step(x_t: Tensor, eps_u: Tensor, eps_c: Optional[Tensor], scale: float, abar: Tensor, t: Tensor,
+                  t_prev: Tensor, x0_prev: Optional[Tensor], t_last: Optional[Tensor], clip_x0: float,
+                  th_ratio: float, th_max: float, out: Tensor, x0_out: Tensor, *, wrap: Wrap = _identity) -> None:
+    """DPM-Solver++(2M); see :func:`reference.dpmpp_2m_step`."""
     solver_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, None, None, None, 2, clip_x0, th_ratio,
                 th_max, out, x0_out, None, wrap=wrap)
 
 
-def unipc_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, x_last, x0_prev2, t_last2,
-               predictor_order, clip_x0, th_ratio, th_max, out, x0_out, x_corr_out, *, wrap: Wrap = _identity) -> None:
+def unipc_step(x_t: Tensor, eps_u: Tensor, eps_c: Optional[Tensor], scale: float, abar: Tensor, t: Tensor,
+               t_prev: Tensor, x0_prev: Optional[Tensor], t_last: Optional[Tensor], x_last: Optional[Tensor],
+               x0_prev2: Optional[Tensor], t_last2: Optional[Tensor], predictor_order: int, clip_x0: float,
+               th_ratio: float, th_max: float, out: Tensor, x0_out: Tensor, x_corr_out: Tensor, *,
+               wrap: Wrap = _identity) -> None:
+    """UniPC bh2 (corrector + predictor); see :func:`reference.unipc_step`."""
     solver_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, x_last, x0_prev2, t_last2,
                 predictor_order, clip_x0, th_ratio, th_max, out, x0_out, x_corr_out, wrap=wrap)
 
 
-def heun_step(x, v, v_next, dt: float, out, *, wrap: Wrap = _identity) -> None:
+def heun_step(x: Tensor, v: Tensor, v_next: Tensor, dt: float, out: Tensor, *, wrap: Wrap = _identity) -> None:
+    """Flow matching, second-order Heun: ``out = x + dt/2 (v + v_next)``."""
     numel = x.numel()
     if numel == 0:
         return
@@ -596,10 +608,11 @@ def heun_step(x, v, v_next, dt: float, out, *, wrap: Wrap = _identity) -> None:
                                                           num_warps=_NUM_WARPS)
 
 
-def ddpm_step(x_t, eps_u, eps_c: Optional[torch.Tensor], scale: float, abar, t, t_prev,
-              noise: Optional[torch.Tensor], variance_code: int, predicted_variance: Optional[torch.Tensor],
-              clip_x0: float, th_ratio: float, th_max: float, out, *, wrap: Wrap = _identity) -> None:
-    """``clip_x0 > 0`` clamps x0_hat; ``th_ratio > 0`` selects dynamic thresholding."""
+def ddpm_step(x_t: Tensor, eps_u: Tensor, eps_c: Optional[Tensor], scale: float, abar: Tensor, t: Tensor,
+              t_prev: Tensor, noise: Optional[Tensor], variance_code: int, predicted_variance: Optional[Tensor],
+              clip_x0: float, th_ratio: float, th_max: float, out: Tensor, *, wrap: Wrap = _identity) -> None:
+    """SPEC A1.4 / B2.3 (+ A1.6): the (guided) strided DDPM step; see :func:`reference.ddpm_step`.
+    ``clip_x0 > 0`` clamps x0_hat; ``th_ratio > 0`` selects dynamic thresholding."""
     if x_t.numel() == 0:
         return
     n = x_t.shape[0]
@@ -625,8 +638,9 @@ def ddpm_step(x_t, eps_u, eps_c: Optional[torch.Tensor], scale: float, abar, t, 
         BLOCK=block, num_warps=_NUM_WARPS)
 
 
-def ddim_step(x_t, eps_u, eps_c: Optional[torch.Tensor], scale: float, abar, t, t_prev, eta: float,
-              noise: Optional[torch.Tensor], out, *, wrap: Wrap = _identity) -> None:
+def ddim_step(x_t: Tensor, eps_u: Tensor, eps_c: Optional[Tensor], scale: float, abar: Tensor, t: Tensor,
+              t_prev: Tensor, eta: float, noise: Optional[Tensor], out: Tensor, *, wrap: Wrap = _identity) -> None:
+    """The (guided) DDIM step; see :func:`reference.ddim_step`."""
     if x_t.numel() == 0:
         return
     inner = x_t.numel() // x_t.shape[0]
@@ -639,8 +653,10 @@ def ddim_step(x_t, eps_u, eps_c: Optional[torch.Tensor], scale: float, abar, t, 
         BLOCK=block, num_warps=_NUM_WARPS)
 
 
-def masked_project(x_t, x_orig, mask, noise, abar, t, out, *, wrap: Wrap = _identity) -> None:
-    """``mask`` is contiguous ``(N or 1, 1 or C, H, W)`` in x_t's dtype."""
+def masked_project(x_t: Tensor, x_orig: Tensor, mask: Tensor, noise: Tensor, abar: Tensor, t: Tensor, out: Tensor,
+                   *, wrap: Wrap = _identity) -> None:
+    """SPEC A1.7.2: ``out = mask x_t + (1 - mask) add_noise(x_orig, noise, abar, t)``; ``mask`` is
+    contiguous ``(N or 1, 1 or C, H, W)`` in x_t's dtype."""
     if x_t.numel() == 0:
         return
     _, c, h, w = x_t.shape
@@ -654,9 +670,10 @@ def masked_project(x_t, x_orig, mask, noise, abar, t, out, *, wrap: Wrap = _iden
         BLOCK=block, num_warps=_NUM_WARPS)
 
 
-def gaussian_filter(low: Optional[torch.Tensor], high: Optional[torch.Tensor], kernel_size: int,
-                    sigma: float, out, *, wrap: Wrap = _identity) -> None:
-    """``out = blur(low) + (high - blur(high))``; either input may be None (not both)."""
+def gaussian_filter(low: Optional[Tensor], high: Optional[Tensor], kernel_size: int, sigma: float, out: Tensor, *,
+                    wrap: Wrap = _identity) -> None:
+    """SPEC A1.2 / A1.9: ``out = blur(low) + (high - blur(high))`` (separable, reflect padding);
+    either input may be None (not both)."""
     x = low if low is not None else high
     if x is None:
         raise ValueError("gaussian_filter needs low, high or both")
