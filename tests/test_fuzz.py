@@ -2,7 +2,8 @@
 
 Two parts. First, the cases that used to give a wrong value or a NaN without an error
 (partial ``out=`` overlap, NaN / Inf scalars, a tensor ``t_prev >= t``, ``alphas_cumprod``
-outside (0, 1], masks outside [0, 1], float scheduler timesteps), each pinned by a test.
+outside [0, 1] and a step from ``alphas_cumprod[t] = 0``, masks outside [0, 1], float scheduler
+timesteps), each pinned by a test.
 Second, property-based tests (hypothesis) over every op of :mod:`diffaccel.functional` on the
 ``torch`` and ``cpp`` backends: random shapes, strides (non-contiguous, channels-last,
 stride-0), overlaps, dtypes, NaN/Inf scalars, out-of-range values and wrong types. The property:
@@ -149,17 +150,61 @@ def test_non_finite_scalars_are_refused_on_every_backend(case, backend, value):
 
 
 # ---------------------------------------------------------------- 3. t, alphas_cumprod, masks, schedulers
+_T_PREV_FORMS = [  # (t, t_prev) in every mix of the int and tensor forms; x0 = e at sample 1 of 3
+    ("int-int", 400, 400),
+    ("tensor-tensor", torch.tensor([500, 400, 300]), torch.tensor([480, 400, 200])),
+    ("int-tensor", 400, torch.tensor([380, 400, 200])),
+    ("tensor-int", torch.tensor([500, 400, 450]), 400),
+    ("scalar tensors", torch.tensor(400), torch.tensor(400)),
+]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("op", ["ddpm_step", "ddim_step", "dpmpp_2m_step", "unipc_step"])
-def test_tensor_t_prev_not_below_t_is_refused_like_the_int_form(op, backend):
+@pytest.mark.parametrize("op", ["ddpm_step", "cfg_ddpm_step", "ddim_step", "cfg_ddim_step", "dpmpp_2m_step",
+                                "cfg_dpmpp_2m_step", "unipc_step", "cfg_unipc_step"])
+@pytest.mark.parametrize("form", _T_PREV_FORMS, ids=lambda c: c[0])
+@pytest.mark.parametrize("rel", ["equal", "above"])
+def test_t_prev_not_below_t_is_refused_in_every_form(rel, form, op, backend):
+    """One rule for ints and tensors: a step goes back in time, ``t_prev < t``; ``t_prev == t`` (no
+    step: the solvers divide by its h = 0) is refused like ``t_prev > t``."""
     x, e = torch.randn(3, 3, 8, 8), torch.randn(3, 3, 8, 8)
     fn = getattr(F, op)
+    lead = (x, e, e, 2.0) if op.startswith("cfg_") else (x, e)
+    _, t, t_prev = form
+    if rel == "above":
+        t_prev = t_prev + 5 if isinstance(t_prev, int) else t_prev + 5 * (t_prev == 400)
     with pytest.raises(ValueError, match="t_prev must be smaller than t"):
-        fn(x, e, ABAR, 500, 500, backend=backend)
-    with pytest.raises(ValueError, match="t_prev must be smaller than t"):
-        fn(x, e, ABAR, torch.tensor([500, 400, 300]), torch.tensor([480, 410, 200]), backend=backend)
-    with pytest.raises(ValueError, match="t_prev must be smaller than t"):
-        fn(x, e, ABAR, 300, torch.tensor([280, 310, 200]), backend=backend)
+        fn(*lead, ABAR, t, t_prev, backend=backend)
+    # one step below is fine in the same form
+    t_ok = 399 if isinstance(t_prev, int) else torch.where(t_prev >= 400, 399, t_prev)
+    got = fn(*lead, ABAR, t, t_ok, backend=backend)
+    got = got[0] if isinstance(got, tuple) else got
+    assert torch.isfinite(got).all()
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+@pytest.mark.parametrize("clip_sample", [False, True])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_ddim_without_set_alpha_to_one_still_steps_t0_onto_itself_as_diffusers(eta, clip_sample, prediction_type):
+    """diffusers' DDIM without ``set_alpha_to_one`` ends with a step from t = 0 onto abar[0] (t -> t).
+    The functional ops refuse t_prev == t; the drop-in scheduler takes that step itself."""
+    schedulers = pytest.importorskip("diffaccel.schedulers")
+    diffusers = pytest.importorskip("diffusers")
+    cfg = dict(set_alpha_to_one=False, clip_sample=clip_sample, prediction_type=prediction_type)
+    ours, theirs = schedulers.DDIMScheduler(**cfg), diffusers.DDIMScheduler(**cfg)
+    ours.set_timesteps(10)
+    theirs.set_timesteps(10)
+    assert int(ours.timesteps[-1]) == 0 and ours.previous_timestep(0) == 0
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    xa, xb = x.clone(), x.clone()
+    for t in ours.timesteps:
+        out = torch.randn_like(x) * 0.5
+        ra = ours.step(out, t, xa, eta=eta, generator=torch.Generator().manual_seed(int(t)))
+        rb = theirs.step(out, t, xb, eta=eta, generator=torch.Generator().manual_seed(int(t)))
+        xa, xb = ra.prev_sample, rb.prev_sample
+        torch.testing.assert_close(xa, xb, atol=2e-4, rtol=1e-4)
+        torch.testing.assert_close(ra.pred_original_sample, rb.pred_original_sample, atol=2e-4, rtol=1e-4)
 
 
 def test_tensor_history_timestep_must_be_earlier():
@@ -214,6 +259,124 @@ def test_alphas_cumprod_of_one_is_allowed_where_the_formula_is_finite(backend):
         F.ddim_step(x, e, a, 0, -1, backend=backend)
     with pytest.raises(ValueError, match=r"t .*alphas_cumprod\[t\] = 1"):
         F.ddpm_step(x, e, a, torch.tensor([5, 0]), torch.tensor([-1, -1]), backend=backend)
+
+
+def _zero_snr_abar() -> torch.Tensor:
+    """A zero-terminal-SNR table: abar = 0 at 997..999."""
+    a = _abar().clone()
+    a[-3:] = 0.0
+    return a
+
+
+def _zero_t_calls():
+    x, e = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    return [
+        ("predict_x0", lambda a, t, b: F.predict_x0(x, e, a, t, backend=b)),
+        ("ddpm_step", lambda a, t, b: F.ddpm_step(x, e, a, t, 400, backend=b)),
+        ("cfg_ddpm_step", lambda a, t, b: F.cfg_ddpm_step(x, e, x, 2.0, a, t, 400, backend=b)),
+        ("ddim_step", lambda a, t, b: F.ddim_step(x, e, a, t, 400, backend=b)),
+        ("cfg_ddim_step", lambda a, t, b: F.cfg_ddim_step(x, e, x, 2.0, a, t, 400, eta=0.5, noise=e, backend=b)),
+        ("dpmpp_2m_step", lambda a, t, b: F.dpmpp_2m_step(x, e, a, t, 400, backend=b)),
+        ("cfg_dpmpp_2m_step", lambda a, t, b: F.cfg_dpmpp_2m_step(x, e, x, 2.0, a, t, -1, backend=b)),
+        ("unipc_step", lambda a, t, b: F.unipc_step(x, e, a, t, 400, backend=b)),
+        ("cfg_unipc_step", lambda a, t, b: F.cfg_unipc_step(x, e, x, 2.0, a, t, 400, backend=b)),
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("form", ["int", "tensor"])
+@pytest.mark.parametrize("case", _zero_t_calls(), ids=lambda c: c[0])
+def test_x0_or_a_step_from_alphas_cumprod_of_zero_is_refused(case, form, backend):
+    """``abar[t] = 0`` (zero terminal SNR): x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) divides by
+    zero, so x0 prediction and every step from that t are refused, as a step from abar[t] = 1 is."""
+    a = _zero_snr_abar()
+    t = 998 if form == "int" else torch.tensor([500, 998])
+    with pytest.raises(ValueError, match=r"^t must index alphas_cumprod above 0.*alphas_cumprod is 0 at \[997, 998, 999\]"):
+        case[1](a, t, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_alphas_cumprod_of_zero_is_allowed_where_the_formula_is_finite(backend):
+    """The forward process, a step from below the zeros, and a solver history entry there are finite."""
+    a = _zero_snr_abar()
+    x, e = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(F.add_noise(x, e, a, 999, backend=backend), e)
+    torch.testing.assert_close(F.masked_project(x, x, torch.zeros(8, 8), e, a, 999, backend=backend), e)
+    tt, tp = torch.tensor([996, 996]), torch.tensor([400, 400])
+    torch.testing.assert_close(F.ddim_step(x, e, a, 996, 400, backend=backend), ref.ddim_step(x, e, a, tt, tp))
+    torch.testing.assert_close(F.ddpm_step(x, e, a, 996, 400, backend=backend), ref.ddpm_step(x, e, a, tt, tp))
+    got = F.dpmpp_2m_step(x, e, a, 996, 400, x0_prev=x, t_last=999, backend=backend)
+    want = ref.dpmpp_2m_step(x, e, a, tt, tp, x0_prev=x, t_last=torch.tensor([999, 999]))
+    for g, w in zip(got, want):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_step_onto_alphas_cumprod_of_zero_is_refused(backend):
+    """Only a table that is not a cumulative product has abar[t_prev] = 0 below a t with abar[t] > 0;
+    the posterior's alpha_t = abar_t / abar_prev is then infinite."""
+    a = _abar().clone()
+    a[100] = 0.0
+    x, e = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    for t_prev in (100, torch.tensor([100, 50])):
+        with pytest.raises(ValueError, match=r"^t_prev must index alphas_cumprod above 0"):
+            F.ddpm_step(x, e, a, 500, t_prev, backend=backend)
+        with pytest.raises(ValueError, match=r"^t_prev must index alphas_cumprod above 0"):
+            F.ddim_step(x, e, a, 500, t_prev, backend=backend)
+
+
+@pytest.mark.parametrize("name", ["DDPMScheduler", "DDIMScheduler"])
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "sample", "epsilon"])
+@pytest.mark.parametrize("bounds", [{}, {"clip_sample": False}, {"thresholding": True}])
+def test_zero_snr_schedulers_step_from_abar_zero_as_diffusers_or_refuse(name, prediction_type, bounds):
+    """``rescale_betas_zero_snr=True`` with "trailing" spacing starts at t = 999, abar = 0. With v or
+    x0 prediction (what zero-SNR models use) the drop-ins give diffusers' steps; with eps prediction
+    (no information about x0 at SNR 0: diffusers returns NaN, or the signs of x_t - eps when clipping)
+    they refuse with an error naming t."""
+    schedulers = pytest.importorskip("diffaccel.schedulers")
+    diffusers = pytest.importorskip("diffusers")
+    cfg = dict(rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type=prediction_type, **bounds)
+    ours, theirs = getattr(schedulers, name)(**cfg), getattr(diffusers, name)(**cfg)
+    ours.set_timesteps(5)
+    theirs.set_timesteps(5)
+    assert int(ours.timesteps[0]) == 999 and float(ours.alphas_cumprod[999]) == 0.0
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    kw = {"eta": 0.5} if name == "DDIMScheduler" else {}
+    if prediction_type == "epsilon":
+        with pytest.raises(ValueError, match=r"^timestep must index alphas_cumprod above 0.*epsilon"):
+            ours.step(torch.randn_like(x), ours.timesteps[0], x, **kw)
+        return
+    xa, xb = x.clone(), x.clone()
+    for t in ours.timesteps:
+        out = torch.randn_like(x) * 0.5
+        ra = ours.step(out, t, xa, generator=torch.Generator().manual_seed(int(t)), **kw)
+        rb = theirs.step(out, t, xb, generator=torch.Generator().manual_seed(int(t)), **kw)
+        xa, xb = ra.prev_sample, rb.prev_sample
+        assert torch.isfinite(xa).all()
+        torch.testing.assert_close(xa, xb, atol=2e-4, rtol=1e-4)
+        torch.testing.assert_close(ra.pred_original_sample, rb.pred_original_sample, atol=2e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("variance_type", ["fixed_small_log", "fixed_large", "learned_range"])
+def test_zero_snr_ddpm_variance_types_as_diffusers(variance_type):
+    schedulers = pytest.importorskip("diffaccel.schedulers")
+    diffusers = pytest.importorskip("diffusers")
+    cfg = dict(rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="v_prediction",
+               variance_type=variance_type)
+    ours, theirs = schedulers.DDPMScheduler(**cfg), diffusers.DDPMScheduler(**cfg)
+    ours.set_timesteps(4)
+    theirs.set_timesteps(4)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    xa, xb = x.clone(), x.clone()
+    c = 6 if variance_type == "learned_range" else 3
+    for t in ours.timesteps:
+        out = torch.cat([torch.randn_like(x) * 0.5, torch.rand_like(x) * 2 - 1], 1)[:, :c]
+        xa = ours.step(out, t, xa, generator=torch.Generator().manual_seed(int(t))).prev_sample
+        xb = theirs.step(out, t, xb, generator=torch.Generator().manual_seed(int(t))).prev_sample
+        torch.testing.assert_close(xa, xb, atol=2e-4, rtol=1e-4)
 
 
 def test_alphas_cumprod_modified_in_place_is_checked_again():
@@ -481,3 +644,4 @@ def test_fuzz_scheduler_add_noise_and_step(data, n, name):
     t = data.draw(st.sampled_from([int(v) for v in s.timesteps]), "t")
     _call_checked(lambda: s.step(e, t, x, generator=torch.Generator().manual_seed(0)).prev_sample,
                   lambda: theirs.step(e, t, x, generator=torch.Generator().manual_seed(0)).prev_sample)
+
