@@ -3,7 +3,7 @@
 Every op takes ``backend="auto" | "torch" | "cpp" | "triton"`` and ``out=`` (written in
 place; may alias ``x_t``), so sampling loops reuse their buffers. ``t`` / ``t_prev`` are an
 int or a LongTensor with one entry per sample; ``t_prev = -1`` is the final step
-(``abar_prev = 1``). Images are NCHW; math is done in float32 whatever the storage dtype.
+(``abar_prev = 1``); ``t_prev < t`` in both forms (see :func:`_check_order`). Images are NCHW; math is done in float32 whatever the storage dtype.
 
 Backends all implement the same low-level calls (see :class:`_TorchBackend`):
 
@@ -180,25 +180,26 @@ def _check_abar(alphas_cumprod, device: torch.device) -> torch.Tensor:
     return abar
 
 
-# alphas_cumprod tensor -> (its version counter when checked, indices where abar == 1). A schedule
-# is checked once per version (in-place edits bump it): on CPU that saves a pass per call, on CUDA
-# the one check is the only host sync, paid at the first call (set-up), never per step. It is
-# skipped while tracing for torch.compile or capturing a CUDA graph (no host sync is possible);
-# the tables a sampler captures were checked at its eager warm-up call.
+# alphas_cumprod tensor -> (its version counter when checked, indices where abar == 1, indices where
+# abar == 0). A schedule is checked once per version (in-place edits bump it): on CPU that saves a
+# pass per call, on CUDA the one check is the only host sync, paid at the first call (set-up),
+# never per step. It is skipped while tracing for torch.compile or capturing a CUDA graph (no host
+# sync is possible); the tables a sampler captures were checked at its eager warm-up call.
 _ABAR_CHECKED = torch.utils.weak.WeakIdKeyDictionary()
 
 
-def _validate_abar(given: torch.Tensor, abar: torch.Tensor) -> Tuple[int, ...]:
+def _validate_abar(given: torch.Tensor, abar: torch.Tensor) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
     """``abar`` (float32, as the kernels see it) must be in [0, 1]: sqrt(abar) and sqrt(1 - abar)
     are real. ``abar = 0`` is the last entry of zero-terminal-SNR schedules (Lin et al. 2023; diffusers'
     ``rescale_betas_zero_snr``), valid for the forward process. ``abar = 1`` (beta = 0) is a
-    valid entry for the forward process; the steps refuse a ``t`` there (see :func:`_check_t_not_one`).
-    Returns the indices where ``abar == 1``."""
+    valid entry for the forward process. The ops that divide by ``sqrt(abar[t])`` or
+    ``1 - abar[t]`` refuse a ``t`` there (see :func:`_check_t_index`).
+    Returns the indices where ``abar == 1`` and where ``abar == 0``."""
     if _compiling() or (abar.is_cuda and torch.cuda.is_current_stream_capturing()):
-        return ()
+        return (), ()
     hit = _ABAR_CHECKED.get(given)
     if hit is not None and hit[0] == given._version:
-        return hit[1]
+        return hit[1], hit[2]
     bad = ~((abar >= 0) & (abar <= 1))  # NaN fails both comparisons
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
@@ -206,28 +207,50 @@ def _validate_abar(given: torch.Tensor, abar: torch.Tensor) -> Tuple[int, ...]:
             f"alphas_cumprod must be in [0, 1] (a cumulative product of alphas = 1 - beta, beta in [0, 1]); "
             f"got alphas_cumprod[{i}] = {abar[i].item()} (as float32)")
     ones = tuple(int(i) for i in (abar == 1).nonzero().reshape(-1).tolist())
-    _ABAR_CHECKED[given] = (given._version, ones)
-    return ones
+    zeros = tuple(int(i) for i in (abar == 0).nonzero().reshape(-1).tolist())
+    _ABAR_CHECKED[given] = (given._version, ones, zeros)
+    return ones, zeros
 
 
-def _check_t_not_one(name: str, t: Timestep, alphas_cumprod: torch.Tensor) -> None:
-    """A step from ``t`` divides by ``1 - abar[t]``: refuse a ``t`` where ``abar[t] = 1`` (host ints and
-    CPU tensors only: the indices where abar is 1 are known on the host, so this costs no sync)."""
+def _indices(ix: Tuple[int, ...]) -> str:
+    """``[3]``, ``[0, 5]``, or a run of trailing zeros as ``997..999``."""
+    if len(ix) > 3 and ix[-1] - ix[0] + 1 == len(ix):
+        return f"{ix[0]}..{ix[-1]}"
+    return str(list(ix))
+
+
+def _check_t_index(name: str, t: Timestep, alphas_cumprod: torch.Tensor, one: bool = True) -> None:
+    """Refuse a ``t`` the op would divide by zero at: ``abar[t] = 0`` (x0 = (x_t - sqrt(1 - abar) eps)
+    / sqrt(abar): pure noise, zero SNR, says nothing about x0) and, for the steps (``one``),
+    ``abar[t] = 1`` (the step divides by 1 - abar[t]). Host ints and CPU tensors only: the indices
+    where abar is 0 or 1 are known on the host once the table was checked, so this costs no sync
+    (a CUDA ``t`` is not checked, as its range is not)."""
     if _compiling():
         return
     hit = _ABAR_CHECKED.get(alphas_cumprod)
-    ones = hit[1] if hit is not None and hit[0] == alphas_cumprod._version else ()
-    if not ones:
+    if hit is None or hit[0] != alphas_cumprod._version:
         return
-    if isinstance(t, int):
-        found = t in ones
-    elif t.device.type == "cpu":
-        found = bool(torch.isin(t, torch.tensor(ones, dtype=t.dtype)).any())
-    else:
-        return
-    if found:
-        raise ArgumentError(f"{name} must index alphas_cumprod below 1: a step from alphas_cumprod[t] = 1 "
-                            f"(no noise) divides by 1 - alphas_cumprod[t] = 0; alphas_cumprod is 1 at {list(ones)}")
+    ones, zeros = (hit[1] if one else ()), hit[2]
+    for ix, what in ((zeros, "zero"), (ones, "one")):
+        if not ix:
+            continue
+        if isinstance(t, int):
+            found = t in ix
+        elif t.device.type == "cpu":
+            found = bool(torch.isin(t.long(), torch.tensor(ix, dtype=torch.int64)).any())
+        else:
+            return
+        if not found:
+            continue
+        if what == "one":
+            raise ArgumentError(
+                f"{name} must index alphas_cumprod below 1: a step from alphas_cumprod[t] = 1 (no noise) "
+                f"divides by 1 - alphas_cumprod[t] = 0; alphas_cumprod is 1 at {_indices(ix)}")
+        raise ArgumentError(
+            f"{name} must index alphas_cumprod above 0: at alphas_cumprod[{name}] = 0 (pure noise, zero SNR) "
+            f"this op divides by zero (x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)); alphas_cumprod is 0 at "
+            f"{_indices(ix)} (a zero-terminal-SNR schedule: start below that t, or predict v or x0 as "
+            f"diffaccel.schedulers do there)")
 
 
 def _check_t(name: str, t: Timestep, n: int, num_t: int, device: torch.device, allow_final: bool) -> torch.Tensor:
@@ -375,6 +398,7 @@ def predict_x0(x_t, eps, alphas_cumprod, t: Timestep, *, out=None, backend: str 
     eps = _check_image("eps", eps, x_t)
     abar = _check_abar(alphas_cumprod, x_t.device)
     tt = _check_t("t", t, x_t.shape[0], abar.numel(), x_t.device, allow_final=False)
+    _check_t_index("t", t, alphas_cumprod, one=False)  # abar[t] = 1 is fine here: x0 = x_t
     out = _check_out(out, x_t, x_t=x_t, eps=eps, alphas_cumprod=abar)
     _get_backend(backend, x_t.device).predict_x0(x_t, eps, abar, tt, out)
     return out
@@ -393,13 +417,19 @@ def cfg_combine(eps_uncond, eps_cond, scale: float, *, out=None, backend: str = 
 def _check_order(small_name: str, small: Timestep, small_t: torch.Tensor, big_name: str, big: Timestep,
                  big_t: torch.Tensor) -> None:
     """``small < big`` per sample (a step goes back in time; a history entry is an earlier step):
-    checked for host ints and CPU tensors, where it costs no device sync."""
+    checked for host ints and CPU tensors, where it costs no device sync.
+
+    One rule for both forms: ``t_prev == t`` is refused as an int and as a tensor. It is no step
+    (h = lambda(t_prev) - lambda(t) = 0): the DDPM learned-range variance takes log(beta = 0) and
+    the multistep solvers divide by h, so allowing it would mean a special case in every kernel.
+    The one caller that needs it, diffusers' ``DDIMScheduler`` without ``set_alpha_to_one`` (its
+    last step goes from t = 0 to ``final_alpha_cumprod = abar[0]``), handles that step itself
+    (:meth:`diffaccel.schedulers.DDIMScheduler.step`: the forward process at t_prev, as diffusers
+    computes it)."""
     if isinstance(small, int) and isinstance(big, int):
         ok, got = small < big, f"{big_name}={big}, {small_name}={small}"
     elif small_t.device.type == "cpu" and not _compiling():
-        # Tensors: t_prev == t is a valid no-op step (DDIMScheduler's last step without
-        # set_alpha_to_one lands on abar[0] again); t_prev > t is not.
-        bad = ((small_t > big_t) if small_name == "t_prev" else (small_t >= big_t)).nonzero()
+        bad = (small_t >= big_t).nonzero()
         ok = bad.numel() == 0
         got = "" if ok else (f"{big_name}={int(big_t[bad[0, 0]])}, {small_name}={int(small_t[bad[0, 0]])} "
                              f"at sample {int(bad[0, 0])}")
@@ -418,7 +448,8 @@ def _step_common(x_t, alphas_cumprod, t, t_prev, noise):
     tt = _check_t("t", t, n, abar.numel(), x_t.device, allow_final=False)
     tp = _check_t("t_prev", t_prev, n, abar.numel(), x_t.device, allow_final=True)
     _check_order("t_prev", t_prev, tp, "t", t, tt)
-    _check_t_not_one("t", t, alphas_cumprod)
+    _check_t_index("t", t, alphas_cumprod)
+    _check_t_index("t_prev", t_prev, alphas_cumprod, one=False)  # abar_prev = 0: only in a non-monotone table
     noise = None if noise is None else _check_image("noise", noise, x_t)
     return x_t, abar, tt, tp, noise
 

@@ -49,6 +49,10 @@ Known, documented differences from diffusers:
 * ``DDPMScheduler`` bounds x0 on the host (then steps with the eps re-derived from it) for the
   bounds diffusers accepts but the kernels do not take: ``sample_max_value < 1``,
   ``clip_sample_range <= 0``, ``dynamic_thresholding_ratio = 0``.
+* ``rescale_betas_zero_snr=True`` (DDPM / DDIM): the step from ``abar_t = 0`` (the first one with
+  "trailing" spacing) takes x0 from a ``v_prediction`` / ``sample`` output directly and steps as
+  diffusers does; with ``prediction_type="epsilon"`` it raises (eps says nothing about x0 at zero
+  SNR: diffusers returns NaN there, or the signs of ``x_t - eps`` when clipping).
 * Flow-matching options of the multistep solvers (``use_flow_sigmas``, ``flow_prediction``,
   dynamic shifting) raise ``NotImplementedError``: use diffusers' classes for flow models.
 * ``DDPMScheduler.step``'s ``pred_original_sample`` is computed on first access (attribute of
@@ -59,6 +63,7 @@ Known, documented differences from diffusers:
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Dict, List, NamedTuple, Optional, Tuple, Union
@@ -238,6 +243,10 @@ class _FusedScheduler(_DropInScheduler):
         if not torch.isfinite(betas).all():
             raise ArgumentError("trained_betas must be finite numbers, got NaN or Inf")
         self._init_tables(betas)
+        # Zero-terminal-SNR schedules (rescale_betas_zero_snr) end at abar = 0, where no eps-form op
+        # applies (x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)): the steps from there take x0 from
+        # the model output directly, as diffusers does (host set: no device read per step).
+        self._zero_snr = {int(i) for i in (self.alphas_cumprod.to(torch.float32) == 0).nonzero().reshape(-1)}
         self.one = torch.tensor(1.0)
         self.compute_pred_original_sample = True
         # before set_timesteps diffusers steps t -> t - 1
@@ -394,12 +403,32 @@ class _FusedScheduler(_DropInScheduler):
         return F.predict_x0(sample, x0, tab.one_minus_abar, t)
 
     def _x0(self, model_output, eps, sample, t, tab: _Tables) -> torch.Tensor:
-        """The step's bounded x0 estimate (the model output itself for ``prediction_type="sample"``)."""
-        x0 = model_output if self.config.prediction_type == "sample" else F.predict_x0(sample, eps, tab.abar, t)
-        return self._bound_x0(x0)
+        """The model's x0, as diffusers computes it: ``v``-prediction ``sqrt(abar) x_t - sqrt(1 - abar) v``
+        (``add_noise(x_t, -v)``: no division, finite where abar = 0), ``sample`` the output itself,
+        ``epsilon`` ``predict_x0`` (refused where abar = 0: eps says nothing about x0 there)."""
+        kind = self.config.prediction_type
+        if kind == "sample":
+            return model_output
+        if kind == "v_prediction":
+            return F.add_noise(sample, -model_output, tab.abar, t)
+        return F.predict_x0(sample, eps, tab.abar, t)
+
+    def _check_zero_snr(self, t_host: Optional[int]) -> bool:
+        """Whether the step is from ``abar_t = 0`` (decided on the host, as every branch of ``step``);
+        refused for eps prediction there, also for a device timestep (whose ops are not checked)."""
+        if t_host is None or t_host not in self._zero_snr:
+            return False
+        if self.config.prediction_type == "epsilon":
+            raise ArgumentError(
+                f"timestep must index alphas_cumprod above 0 with prediction_type='epsilon': alphas_cumprod[{t_host}] "
+                "= 0 (rescale_betas_zero_snr: zero terminal SNR), where eps says nothing about x0 (diffusers "
+                f"returns NaN); use a v_prediction or sample model there, or start below timestep {t_host}")
+        return True
 
     def _pred_x0(self, model_output, eps, sample, t, tab: _Tables) -> Optional[torch.Tensor]:
-        return self._x0(model_output, eps, sample, t, tab) if self.compute_pred_original_sample else None
+        if not self.compute_pred_original_sample:
+            return None
+        return self._bound_x0(self._x0(model_output, eps, sample, t, tab))
 
     def _noise_like(self, model_output: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
         """The step's noise, drawn as diffusers draws it (the model output's shape, dtype and device)."""
@@ -541,6 +570,27 @@ class DDPMScheduler(_FusedScheduler):
             return frac * torch.log(beta) + (1 - frac) * torch.log(small)
         return small
 
+    def _step_from_zero_snr(self, model_output, eps, sample, t, t_host: int, tab: _Tables, kernel_vt: Optional[str],
+                            predicted_variance, noise) -> torch.Tensor:
+        """The step from ``abar_t = 0`` (the first step of a zero-terminal-SNR schedule), as diffusers
+        computes it: there ``alpha_t = 0`` and ``beta_t = 1``, so the posterior mean is
+        ``sqrt(abar_prev) x0`` (x0 from the model output without dividing by ``sqrt(abar_t)``: v or
+        sample prediction; eps prediction is refused, where diffusers returns NaN) and the std is
+        the configured variance type's (as the kernel's: ``*_log`` types give the same std)."""
+        x0 = self._bound_x0(self._x0(model_output, eps, sample, t, tab))
+        prev = int(self._prev_host[t_host])
+        abar_prev = float(self.alphas_cumprod[prev].to(torch.float32)) if prev >= 0 else 1.0
+        out = x0 * math.sqrt(abar_prev)
+        if noise is None:
+            return out
+        if kernel_vt is None:  # "learned": the model's variance
+            std = predicted_variance.sqrt()
+        elif kernel_vt == "learned_range":
+            std = torch.exp(0.5 * self._get_variance(t_host, predicted_variance, "learned_range"))
+        else:
+            std = self._get_variance(t_host, None, kernel_vt).sqrt()
+        return out + (std * noise).to(out.dtype)
+
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
              generator: Optional[torch.Generator] = None, return_dict: bool = True):
         """One reverse step ``x_t -> x_{t_prev}`` (SPEC A1.4) in one fused kernel.
@@ -570,19 +620,23 @@ class DDPMScheduler(_FusedScheduler):
         if t_host is None or t_host > 0:  # diffusers draws only where t > 0; the kernel masks t == 0
             noise = self._noise_like(model_output, generator)
         kernel_vt = _KERNEL_VARIANCE.get(vt, "fixed_small")
-        step_eps, bounds = eps, self._fused_bounds()
-        if bounds is None:
-            step_eps, bounds = self._bounded_eps(sample, eps, t, tab), {}
-        if kernel_vt is None:  # "learned": std = sqrt(predicted variance), no kernel for it
-            prev_sample = F.ddpm_step(sample, step_eps, tab.abar, t, t_prev, **bounds)
-            if noise is not None:
-                gate = (t > 0).to(sample.dtype).reshape(-1, *([1] * (sample.ndim - 1)))
-                prev_sample = prev_sample + gate * predicted_variance.sqrt() * noise
+        if self._check_zero_snr(t_host):  # abar_t = 0: no eps-form kernel applies
+            prev_sample = self._step_from_zero_snr(model_output, eps, sample, t, t_host, tab, kernel_vt,
+                                                   predicted_variance, noise)
         else:
-            prev_sample = F.ddpm_step(
-                sample, step_eps, tab.abar, t, t_prev, noise=noise, variance=kernel_vt,
-                predicted_variance=predicted_variance if kernel_vt == "learned_range" else None,
-                **bounds)
+            step_eps, bounds = eps, self._fused_bounds()
+            if bounds is None:
+                step_eps, bounds = self._bounded_eps(sample, eps, t, tab), {}
+            if kernel_vt is None:  # "learned": std = sqrt(predicted variance), no kernel for it
+                prev_sample = F.ddpm_step(sample, step_eps, tab.abar, t, t_prev, **bounds)
+                if noise is not None:
+                    gate = (t > 0).to(sample.dtype).reshape(-1, *([1] * (sample.ndim - 1)))
+                    prev_sample = prev_sample + gate * predicted_variance.sqrt() * noise
+            else:
+                prev_sample = F.ddpm_step(
+                    sample, step_eps, tab.abar, t, t_prev, noise=noise, variance=kernel_vt,
+                    predicted_variance=predicted_variance if kernel_vt == "learned_range" else None,
+                    **bounds)
         lazy = _LazyX0(lambda: self._pred_x0(model_output, eps, sample, t, tab))
         if not return_dict:
             return _LazyStepTuple(prev_sample, lazy)
@@ -655,25 +709,41 @@ class DDIMScheduler(_FusedScheduler):
         tab = self._tables(sample.device)
         t_prev = self._at(tab.prev, t, t_host, exact)
         eps = self._to_eps(model_output, sample, t, tab)
-        x0 = None
         bounded = self.config.thresholding or self.config.clip_sample
-        if bounded or self.compute_pred_original_sample:
-            x0 = self._x0(model_output, eps, sample, t, tab)
+        # Two steps ddim_step does not take (t_host: the host's t, or the step counter's guess for a
+        # device timestep), both computed from x0 as diffusers does:
+        # * t -> t: without set_alpha_to_one diffusers' last step goes from t = 0 to
+        #   final_alpha_cumprod = abar[0]. The functional ops require t_prev < t (one rule for ints
+        #   and tensors: t -> t is no step, and the solvers' formulas divide by its h = 0); its
+        #   update, sqrt(abar_prev) x0 + sqrt(1 - abar_prev) eps (the variance is 0), is taken here.
+        # * from abar_t = 0 (zero-terminal-SNR schedules): x0 from the model output without dividing
+        #   by sqrt(abar_t) (v / sample prediction; eps prediction is refused there, where
+        #   diffusers returns NaN), and the variance is eta^2 (1 - abar_prev).
+        to_self = t_host is not None and int(self._prev_host[t_host]) == t_host
+        snr0 = self._check_zero_snr(t_host)
+        x0 = None
+        if bounded or self.compute_pred_original_sample or to_self or snr0:
+            x0 = self._bound_x0(self._x0(model_output, eps, sample, t, tab))
         if bounded and use_clipped_model_output:  # eps re-derived from the bounded x0, as diffusers
             eps = F.predict_x0(sample, x0, tab.one_minus_abar, t)
-        if bounded and eta == 0:
-            # eta = 0: x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev) eps is the forward process
-            # at t_prev; taking x0 directly avoids re-deriving it from x_t where abar_t ~ 0.
-            prev_sample = F.add_noise(x0, eps, tab.abar_ext, self._at(tab.prev_ext, t, t_host, exact))
+        noise = None
+        if eta > 0:
+            if variance_noise is not None and generator is not None:
+                raise ValueError(
+                    "Cannot pass both generator and variance_noise. Please make sure that either `generator` or"
+                    " `variance_noise` stays `None`.")
+            noise = variance_noise if variance_noise is not None else self._noise_like(model_output, generator)
+        if (bounded and eta == 0) or to_self or snr0:
+            # x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - std^2) eps + std noise is the forward
+            # process at t_prev of x0 and a unit-variance mix of eps and noise: std^2 = 0 (eta = 0 or
+            # t -> t), or std^2 = eta^2 (1 - abar_prev) (abar_t = 0). Taking x0 directly also avoids
+            # re-deriving it from x_t where abar_t ~ 0.
+            mix = eps
+            if snr0 and not to_self and noise is not None:
+                mix = math.sqrt(max(1.0 - eta * eta, 0.0)) * eps + eta * noise
+            prev_sample = F.add_noise(x0, mix, tab.abar_ext, self._at(tab.prev_ext, t, t_host, exact))
         else:
             x_in = F.add_noise(x0, eps, tab.abar, t) if bounded else sample
-            noise = None
-            if eta > 0:
-                if variance_noise is not None and generator is not None:
-                    raise ValueError(
-                        "Cannot pass both generator and variance_noise. Please make sure that either `generator` or"
-                        " `variance_noise` stays `None`.")
-                noise = variance_noise if variance_noise is not None else self._noise_like(model_output, generator)
             prev_sample = F.ddim_step(x_in, eps, tab.abar, t, t_prev, eta=float(eta), noise=noise)
         if not self.compute_pred_original_sample:
             x0 = None

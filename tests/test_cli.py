@@ -549,3 +549,99 @@ def test_overwrite_flag(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train_mod, "train", lambda cfg, out_dir, **kw: Path(out_dir))  # no overwrite argument
     err = one_line_error(capsys, "mnist", "train", "--preset", "ddpm_class", "--out", tmp_path / "r", "--overwrite")
     assert "--overwrite" in err and "not supported" in err
+
+
+# ----------------------------------------------------------------------------- mnist train: run folders
+# The library tests (tests/test_mnist_train.py) kill the save at every write boundary; these check what
+# a person sees through the command line: one line and exit 2 for every refusal, files kept or cleared.
+def _train_argv(out, mnist_dir, *extra, epochs=2):
+    return ["mnist", "train", "--preset", "ddpm_class", "--out", out, "--data-dir", mnist_dir, "--hidden", "4",
+            "--batch-size", "16", "--epochs", str(epochs), "--train-subset", "32", "--checkpoint-every", "1",
+            "--seed", "3", "--threads", "1", "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory, mnist_dir):
+    """An unbroken `diffaccel mnist train` run (2 epochs of 2 steps): its folder (copy before changing) and weights."""
+    n = torch.get_num_threads()
+    folder = tmp_path_factory.mktemp("cli_train") / "run"
+    try:
+        assert cli.main([str(a) for a in _train_argv(folder, mnist_dir)]) == 0
+    finally:
+        torch.set_num_threads(n)
+    return folder, load_file(str(folder / "model.safetensors"))
+
+
+@pytest.fixture
+def run_copy(cli_run, tmp_path):
+    import shutil
+
+    n = torch.get_num_threads()
+    folder = tmp_path / "run"
+    shutil.copytree(cli_run[0], folder)
+    yield folder
+    torch.set_num_threads(n)  # --threads 1 sets it for the process
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_into_an_existing_run_needs_resume_or_overwrite(run_copy, mnist_dir, capsys):
+    before = (run_copy / "model.safetensors").read_bytes()
+    err = one_line_error(capsys, *_train_argv(run_copy, mnist_dir, epochs=1))
+    assert "already holds a training run" in err and "--resume" in err and "--overwrite" in err
+    assert (run_copy / "model.safetensors").read_bytes() == before
+    assert (run_copy / "epochs" / "epoch_002.safetensors").exists()
+
+
+def test_train_overwrite_clears_the_old_run(run_copy, mnist_dir, capsys):
+    (run_copy / "notes.txt").write_text("mine")
+    run(*_train_argv(run_copy, mnist_dir, "--overwrite", epochs=1))
+    assert sorted(p.name for p in (run_copy / "epochs").iterdir()) == ["epoch_001.safetensors"]
+    assert len((run_copy / "loss.csv").read_text().strip().splitlines()) == 1 + 2  # header + 2 steps
+    assert (run_copy / "notes.txt").read_text() == "mine"  # not a file of the run: kept
+
+
+def test_resume_of_a_corrupt_checkpoint_refuses_and_keeps_the_weights(run_copy, mnist_dir, capsys):
+    ckpt = run_copy / "checkpoint.safetensors"
+    raw = bytearray(ckpt.read_bytes())
+    raw[-20] ^= 0x10  # one bit of one tensor's data
+    ckpt.write_bytes(bytes(raw))
+    before = (run_copy / "model.safetensors").read_bytes()
+    err = one_line_error(capsys, *_train_argv(run_copy, mnist_dir, "--resume"))
+    assert "corrupt" in err and "checkpoint.safetensors" in err
+    assert (run_copy / "model.safetensors").read_bytes() == before
+    ckpt.write_bytes(b"garbage")
+    err = one_line_error(capsys, *_train_argv(run_copy, mnist_dir, "--resume"))
+    assert "checkpoint.safetensors" in err
+    assert (run_copy / "model.safetensors").read_bytes() == before
+
+
+def test_resume_without_a_checkpoint_refuses(run_copy, mnist_dir, capsys):
+    (run_copy / "checkpoint.safetensors").unlink()
+    err = one_line_error(capsys, *_train_argv(run_copy, mnist_dir, "--resume"))
+    assert "no checkpoint.safetensors to continue from" in err and "--overwrite" in err
+
+
+def test_killed_then_resumed_run_gives_the_unbroken_runs_weights(cli_run, tmp_path, mnist_dir, monkeypatch, capsys):
+    from diffaccel.mnist import train as train_mod
+
+    ref_dir, ref = cli_run
+    out = tmp_path / "run"
+    real, calls = train_mod.training_loss, {"n": 0}
+
+    def dying_loss(*a, **k):  # killed during the third step (epoch 2), after the step-2 checkpoint
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "training_loss", dying_loss)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main([str(a) for a in _train_argv(out, mnist_dir)])
+    monkeypatch.setattr(train_mod, "training_loss", real)
+    assert not (out / "model.safetensors").exists() and (out / "checkpoint.safetensors").exists()
+    run(*_train_argv(out, mnist_dir, "--resume"))
+    assert _same_weights(load_file(str(out / "model.safetensors")), ref)
+    assert (out / "loss.csv").read_text() == (ref_dir / "loss.csv").read_text()

@@ -435,6 +435,10 @@ def test_if_pipelines_same_images(if_parts, pipeline, scheduler):
     (S.DDPMScheduler, {k: v for k, v in IF_STAGE_I_CONFIG.items() if not k.startswith("_")}),
     (S.DDPMScheduler, dict(variance_type="fixed_small", clip_sample=True)),
     (S.DDIMScheduler, dict(clip_sample=True)),
+    # zero terminal SNR: the step from abar = 0 and the abar check add no sync either
+    (S.DDPMScheduler, dict(rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="v_prediction")),
+    (S.DDIMScheduler, dict(rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="v_prediction")),
+    (S.DDIMScheduler, dict(set_alpha_to_one=False, clip_sample=False)),  # ends with the t = 0 -> 0 step
 ])
 def test_step_has_no_device_to_host_sync(cls, cfg):
     dev = torch.device("cuda")

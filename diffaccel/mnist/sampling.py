@@ -44,6 +44,8 @@ AUTO_COMPILE_WORK = 10_000
 _M32, _M64 = 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF
 #: Sample indices are 32-bit: ``start_index + n <= INDEX_LIMIT``.
 INDEX_LIMIT = 2 ** 32
+#: Flow models: at most this many solver steps (the schedule is a host list; DDPM models are bounded by T).
+MAX_FLOW_STEPS = 100_000
 
 
 def _splitmix64(z: int) -> int:
@@ -153,7 +155,8 @@ def _check_labels(labels) -> Optional[torch.Tensor]:
 
 
 def _labels_for(model: MNISTDiffusion, labels, n: Optional[int]) -> tuple:
-    n = check_optional_int("n", n, min=1, what=" (how many digits)")
+    # bounded before anything is allocated for n samples (the labels below): indices are 32-bit
+    n = check_optional_int("n", n, min=1, max=INDEX_LIMIT, what=" (how many digits; sample indices are 32-bit)")
     labels = _check_labels(labels)
     if labels is None:
         if n is None:
@@ -173,7 +176,7 @@ def _labels_for(model: MNISTDiffusion, labels, n: Optional[int]) -> tuple:
 def check_sample_args(model, guidance_scale, num_steps, seed, sampler) -> Tuple[float, Optional[int], int, str]:
     """The arguments :func:`sample` and :func:`~diffaccel.mnist.evaluate.evaluate_generator` share,
     checked before any work: ``model`` a generative :class:`MNISTDiffusion`, ``guidance_scale``
-    finite, ``num_steps`` None or an int in ``[1, T]`` (DDPM) / ``>= 1`` (flow), ``seed`` an int
+    finite, ``num_steps`` None or an int in ``[1, T]`` (DDPM) / ``[1, MAX_FLOW_STEPS]`` (flow), ``seed`` an int
     in ``[0, 2**64)``, ``sampler`` one of the model kind's. Returns them normalised (the sampler
     resolved: ``None`` is the model's default)."""
     if not isinstance(model, MNISTDiffusion):
@@ -187,7 +190,7 @@ def check_sample_args(model, guidance_scale, num_steps, seed, sampler) -> Tuple[
         num_steps = check_optional_int("num_steps", num_steps, min=1, max=T,
                                        what=f" (this DDPM model has T = {T} timesteps)")
     else:
-        num_steps = check_optional_int("num_steps", num_steps, min=1, what=" (flow solver steps)")
+        num_steps = check_optional_int("num_steps", num_steps, min=1, max=MAX_FLOW_STEPS, what=" (flow solver steps)")
     seed = check_seed(seed)
     if sampler is not None and not isinstance(sampler, str):
         raise ArgumentTypeError(f"sampler must be a string such as 'ddpm', got {type(sampler).__name__}")
@@ -359,7 +362,8 @@ def sample(model: MNISTDiffusion, labels: Union[Sequence[int], torch.Tensor, Non
     argument is checked before any work (:func:`check_sample_args`; a wrong type raises
     :class:`~diffaccel.errors.ArgumentTypeError`, a value out of range
     :class:`~diffaccel.errors.ArgumentError`): ``n``, ``num_steps`` and ``batch_size`` are ints
-    >= 1 (``num_steps`` <= T for DDPM models), ``guidance_scale`` is finite. The UNet runs with BatchNorm
+    >= 1 (``num_steps`` <= T for DDPM models, <= :data:`MAX_FLOW_STEPS` for flow models),
+    ``guidance_scale`` is finite. The UNet runs with BatchNorm
     folded and channels-last (:mod:`diffaccel.mnist.inference`). On the CPU, guidance is one
     forward per step that computes ``eps_u + g (eps_c - eps_u)`` sharing the class-independent work
     (:class:`~diffaccel.mnist.inference.GuidedUNet`: encoder, skip halves and head once; about
