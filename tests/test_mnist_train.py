@@ -257,7 +257,7 @@ def test_a_corrupt_checkpoint_is_refused_and_the_weights_kept(tmp_path, mnist_di
         T.train(_small(), run, data_dir=mnist_dir, progress=False, resume=True)
 
 
-def test_an_existing_run_needs_resume_or_overwrite(tmp_path, mnist_dir, finished_run, one_thread):
+def test_an_existing_run_needs_resume_or_overwrite(tmp_path, mnist_dir, finished_run, one_thread, capsys):
     run = _copy(finished_run, tmp_path)
     model_before = (run / "model.safetensors").read_bytes()
     with pytest.raises(CheckpointError, match=r"already holds a training run.*resume=True.*overwrite=True"):
@@ -275,6 +275,7 @@ def test_an_existing_run_needs_resume_or_overwrite(tmp_path, mnist_dir, finished
     (fresh / "notes.txt").write_text("mine")
     (fresh / ".draft.0123456789ab.tmp").write_text("mine too")
     T.train(_small(epochs=1), fresh, data_dir=mnist_dir, progress=False, resume=True)
+    assert f"resume: no checkpoint in {fresh} yet: starting a new run" in capsys.readouterr().out  # said, not silent
     assert (fresh / "notes.txt").read_text() == "mine" and (fresh / "model.safetensors").exists()
     assert (fresh / ".draft.0123456789ab.tmp").read_text() == "mine too"
 

@@ -372,6 +372,8 @@ def _train(cfg: TrainConfig, out: Path, rank: int, world: int, dev: torch.device
     if world > 1:
         dist.barrier()
     if rank == 0:
+        if resume and not resuming:  # said, not silent: a job may always pass --resume
+            print(f"resume: no checkpoint in {out} yet: starting a new run", flush=True)
         out.mkdir(parents=True, exist_ok=True)
         if not resuming:
             _clear_run(out)
