@@ -30,7 +30,7 @@ from diffaccel import reference as ref
 from diffaccel.errors import DiffaccelError
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, assume, event, given, settings  # noqa: E402
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 BACKENDS = [b for b in diffaccel.available_backends("cpu") if b in ("torch", "cpp")]
@@ -507,6 +507,20 @@ _FUZZ = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_t
 
 
 @_FUZZ
+def _draw_out(data, shape, dtype, x):
+    """``(x, out)`` for an op's ``out=``: none, a fresh tensor, ``x`` itself (in place) or, with
+    ``x``'s values, two views of one buffer overlapping by all but one sample (must be refused)."""
+    kind = data.draw(st.sampled_from(["none", "fresh", "in_place", "partial"]), "out")
+    if kind == "fresh":
+        return x, torch.empty(shape, dtype=dtype)
+    if kind == "in_place" and x.is_contiguous():
+        return x, x
+    if kind == "partial":
+        buf = torch.zeros(shape[0] + 1, *shape[1:], dtype=dtype)
+        return buf[:-1].copy_(x), buf[1:]
+    return x, None
+
+
 @given(data=st.data(), shape=_SHAPES, dtype=_DTYPES, backend=st.sampled_from(BACKENDS),
        op=st.sampled_from(["add_noise", "predict_x0", "masked_project"]))
 def test_fuzz_per_sample_ops(data, shape, dtype, backend, op):
@@ -515,15 +529,7 @@ def test_fuzz_per_sample_ops(data, shape, dtype, backend, op):
     t = data.draw(_timestep(), "t")
     abar = data.draw(st.sampled_from([ABAR, ABAR.double(), ABAR.flip(0) * 1.5, ABAR.half()]), "abar")
     n = shape[0]
-    out_kind = data.draw(st.sampled_from(["none", "fresh", "in_place", "partial"]), "out")
-    out = None
-    if out_kind == "fresh":
-        out = torch.empty(shape, dtype=dtype)
-    elif out_kind == "in_place" and a.is_contiguous():
-        out = a
-    elif out_kind == "partial":  # a and out: overlapping views of one buffer
-        buf = torch.randn(n + 1, *shape[1:], dtype=torch.float64).to(dtype)
-        a, out = buf[:n], buf[1:]
+    a, out = _draw_out(data, shape, dtype, a)
     a_in = a.clone()  # the reference reads the inputs as they were before the call
     if op == "masked_project":
         m = data.draw(st.sampled_from([torch.rand(shape[2], shape[3]), torch.rand(shape[2], shape[3]) * 2 - 0.5,
@@ -754,15 +760,7 @@ def test_fuzz_heun_step_every_argument(data, shape, dtype, backend):
     v_next = data.draw(st.one_of(_image(shape, dtype), _image((shape[0], shape[1], shape[3], shape[2]), dtype),
                                  st.just(None)), "v_next")
     dt = data.draw(st.one_of(st.floats(-1, 1), _scalars), "dt")
-    kind = data.draw(st.sampled_from(["none", "fresh", "alias", "partial"]), "out")
-    out = None
-    if kind == "fresh":
-        out = torch.empty(shape, dtype=dtype)
-    elif kind == "alias" and x.is_contiguous():
-        out = x
-    elif kind == "partial":
-        buf = torch.zeros(shape[0] + 1, *shape[1:], dtype=dtype)
-        out, x = buf[1:], buf[:-1].copy_(x)
+    x, out = _draw_out(data, shape, dtype, x)
     x_in = x.clone()
     _call_checked(lambda: F.heun_step(x, v, v_next, dt, out=out, backend=backend),
                   lambda: ref.heun_step(x_in, v, v_next, float(dt)), _finite(x_in, v, v_next))
