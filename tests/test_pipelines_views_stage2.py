@@ -85,7 +85,10 @@ def test_stage2_single_view_is_plain_stage2(den2):
     plain = T.upsample_stage2(den2, low, cond="a dog", generator=gen(0), **kw)
     both = T.upsample_stage2(den2, low, cond=["a dog", "a dog"], views=("identity", "identity"), generator=gen(0),
                              **kw)
-    torch.testing.assert_close(both.image, plain.image, atol=1e-5, rtol=1e-5)
+    # Equal up to float rounding: the views' batch of 2 and the plain batch of 1 run the UNet's
+    # convolutions through different kernels (thread-count dependent: 1 thread gave 1.2e-5 after
+    # 3 steps), so the tolerance is the per-view test's; a wrong combine is off by far more.
+    torch.testing.assert_close(both.image, plain.image, atol=1e-4, rtol=1e-4)
 
 
 def test_stage1_anagram_keeps_the_variance_sign(den):  # noqa: F811
