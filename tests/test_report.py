@@ -292,3 +292,28 @@ def test_drawn_digit_is_mnist_like():
     with pytest.raises(ValueError, match="draw_digit"):
         draw_digit(9)
     assert math.isfinite(float(d.sum()))
+
+
+def test_frontier_plots_the_most_complete_n(tmp_path):
+    """Fréchet distances at different n do not compare: the plot takes one n, the one with the most
+    points (the larger on a tie), and draws the course loop where it was measured at that n."""
+    from diffaccel.report.frontier import _points, plot_frontier
+
+    def pt(model, sampler, nfe, n, fd):
+        return {"model": model, "sampler": sampler, "nfe": nfe, "n": n, "frechet_distance": fd, "label_accuracy": 1.0}
+
+    res = {"points": [pt("ddpm_class", "dpmpp_2m", k, 500, 80.0 + k) for k in (3, 5, 10)]
+           + [pt("ddpm_class", "ddpm", 300, 500, 95.0), pt("ddpm_class", "unipc", 5, 1000, 71.0),
+              pt("ddpm_class", "dpmpp_2m", 5, 1000, 73.0)],
+           "floor": {"500": 18.3, "1000": 13.3}}
+    pts, n = _points(res, None)
+    assert n == 500 and len(pts) == 4
+    assert _points(res, 1000)[1] == 1000 and {p["sampler"] for p in _points(res, 1000)[0]} == {"unipc", "dpmpp_2m"}
+    res["points"] += [pt("ddpm_class", "ddim", 10, 1000, 86.0), pt("ddpm_class", "ddim", 5, 1000, 80.0)]
+    assert _points(res, None)[1] == 1000  # 4 points each: the larger n
+    path = plot_frontier(res, tmp_path / "f.png", n=500)
+    from PIL import Image
+
+    assert Image.open(path).size[0] > 300
+    with pytest.raises(ValueError, match="no points with n = 7"):
+        plot_frontier(res, tmp_path / "g.png", n=7)

@@ -23,10 +23,15 @@ def load_shipped() -> Optional[dict]:
     return json.loads(SHIPPED.read_text())
 
 
-def _points(res: dict, n: Optional[int]) -> list:
+def _points(res: dict, n: Optional[int]) -> tuple:
+    """The points measured with ``n`` digits, and ``n``; ``n=None``: the most complete frontier (the
+    n with the most points, the larger on a tie). Fréchet distances at different n do not compare."""
     pts = res.get("points", [])
-    if n is None and pts:  # the largest n measured
-        n = max(p["n"] for p in pts)
+    if n is None and pts:
+        counts = {}
+        for p in pts:
+            counts[p["n"]] = counts.get(p["n"], 0) + 1
+        n = max(counts, key=lambda k: (counts[k], k))
     return [p for p in pts if p["n"] == n], n
 
 
