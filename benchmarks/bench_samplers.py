@@ -122,9 +122,9 @@ def main(argv=None) -> None:
             res["course_loop"][name] = {"n": args.time_n, "seconds": round(time.perf_counter() - t0, 2)}
             _save(path, res)
             print(name, "course loop", res["course_loop"][name], flush=True)
-        if args.time_n:  # warm the compiled guided model once: timings below are warm
-            sample(model, labels=torch.arange(2) % 10 if model.conditioning == "class" else None,
-                   n=None if model.conditioning == "class" else 2, num_steps=5,
+        if args.time_n:  # warm the compiled guided model once, at the timed batch: timings below are warm
+            sample(model, labels=torch.arange(args.time_n) % 10 if model.conditioning == "class" else None,
+                   n=None if model.conditioning == "class" else args.time_n, num_steps=2,
                    sampler=samplers_for(model)[0], compile=True)
         for sampler in samplers:
             for nfe_ in args.nfe:
