@@ -68,7 +68,8 @@ def plot_frontier(res: dict, path, n: Optional[int] = None) -> Path:
         ax.set_title(model)
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel(f"Fréchet distance to the test set ({n} digits)")
-    axes[0][-1].legend(fontsize=7)
+    for ax in axes[0]:  # each panel has its own samplers
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
