@@ -35,13 +35,30 @@ def _points(res: dict, n: Optional[int]) -> tuple:
     return [p for p in pts if p["n"] == n], n
 
 
-def plot_frontier(res: dict, path, n: Optional[int] = None) -> Path:
-    """Fréchet distance against NFE (log-log), a panel per model, a line per sampler; the floor
-    (training digits vs test set, same n) dashed, the course loop (DDPM, all 300 steps) dotted."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (the report needs no screen)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> Path:
+    """Writes ``fig`` as a PNG at ``path`` (folders made) and frees it."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_frontier(res: dict, path, n: Optional[int] = None) -> Path:
+    """Fréchet distance against NFE (log-log), a panel per model, a line per sampler; the floor
+    (training digits vs test set, same n) dashed, the course loop (DDPM, all 300 steps) dotted."""
+    plt = _pyplot()
 
     pts, n = _points(res, n)
     models = sorted({p["model"] for p in pts}, key=lambda m: (not m.startswith("ddpm"), m))
@@ -70,12 +87,7 @@ def plot_frontier(res: dict, path, n: Optional[int] = None) -> Path:
     axes[0][0].set_ylabel(f"Fréchet distance to the test set ({n} digits)")
     for ax in axes[0]:  # each panel has its own samplers
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_guidance_sweep(res: dict, path) -> Optional[Path]:
@@ -83,10 +95,7 @@ def plot_guidance_sweep(res: dict, path) -> Optional[Path]:
     rows = sorted(res.get("guidance_sweep", []), key=lambda r: r["guidance_scale"])
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     g = [r["guidance_scale"] for r in rows]
     fig, ax = plt.subplots(figsize=(4.6, 3.4))
@@ -97,12 +106,7 @@ def plot_guidance_sweep(res: dict, path) -> Optional[Path]:
     ax2.plot(g, [100 * r["label_accuracy"] for r in rows], "s--", color="tab:blue")
     ax2.set_ylabel("label accuracy (%)", color="tab:blue")
     ax.set_title(f"ddpm_class, {rows[0]['sampler']}, {rows[0]['nfe']} NFE, {rows[0]['n']} digits")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def write_sampler_figures(out_dir, seed: int = 0, quick: bool = False) -> list:
