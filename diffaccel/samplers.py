@@ -210,6 +210,20 @@ class _Noise:
         return src.draw(self.buf)
 
 
+def _eps_x0_hat(x: Tensor, eps: Tensor, eps_c: Optional[Tensor], scale: float, alphas_cumprod: Tensor, t: int,
+                backend: str, callback: Callback) -> Callable[[], Tensor]:
+    """The step's x0 estimate, computed only if a callback asks (``x`` snapshotted before the step
+    overwrites it; nothing is copied without a callback)."""
+    x_t = x.clone() if callback is not None else None
+    return lambda: F.predict_x0(x_t, _combined(eps, eps_c, scale, backend), alphas_cumprod, t, backend=backend)
+
+
+def _flow_x0_hat(x: Tensor, v: Tensor, t: float, callback: Callback) -> Callable[[], Tensor]:
+    """A flow step's x0 estimate for a callback: the data the current velocity points at."""
+    x_t = x.clone() if callback is not None else None
+    return lambda: F.euler_step(x_t, v, 1.0 - t)
+
+
 def _report(callback: Callback, hook: Callback, info: dict, x0_hat: Optional[Callable[[], Tensor]] = None) -> None:
     if hook is not None:
         hook(info)
@@ -243,8 +257,7 @@ def sample_ddpm(model: ModelFn, x: Tensor, timesteps: Sequence[int], alphas_cump
         eps, eps_c, scale, var = _unpack(model(x, t))
         z = draw() if t > 0 else None
         info = {"i": i, "t": t, "t_prev": t_prev, "noise": z}
-        x0_hat = (lambda x_t=(x.clone() if callback is not None else None), e=eps, c=eps_c:
-                  F.predict_x0(x_t, _combined(e, c, scale, backend), alphas_cumprod, t, backend=backend))
+        x0_hat = _eps_x0_hat(x, eps, eps_c, scale, alphas_cumprod, t, backend, callback)
         kw = dict(noise=z, variance=variance if var is None else "learned_range", predicted_variance=var,
                   clip_x0=clip_x0, dynamic_threshold=dynamic_threshold, out=x, backend=backend)
         if eps_c is None:
@@ -269,8 +282,7 @@ def sample_ddim(model: ModelFn, x: Tensor, timesteps: Sequence[int], alphas_cump
         eps, eps_c, scale, _ = _unpack(model(x, t))
         z = draw() if t > 0 else None
         info = {"i": i, "t": t, "t_prev": t_prev, "noise": z}
-        x0_hat = (lambda x_t=(x.clone() if callback is not None else None), e=eps, c=eps_c:
-                  F.predict_x0(x_t, _combined(e, c, scale, backend), alphas_cumprod, t, backend=backend))
+        x0_hat = _eps_x0_hat(x, eps, eps_c, scale, alphas_cumprod, t, backend, callback)
         if eps_c is None:
             F.ddim_step(x, eps, alphas_cumprod, t, t_prev, eta=eta, noise=z, out=x, backend=backend)
         else:
@@ -375,8 +387,7 @@ def sample_euler(model: ModelFn, x: Tensor, times: Sequence[float], *, callback:
         t, t_next = ts[i], ts[i + 1]
         v = _velocity(model(x, t), v_buf, backend)
         info = {"i": i, "t": t, "t_prev": t_next}
-        x0_hat = (lambda x_t=(x.clone() if callback is not None else None), v=v, t=t:
-                  F.euler_step(x_t, v, 1.0 - t))  # the data the current velocity points at
+        x0_hat = _flow_x0_hat(x, v, t, callback)
         F.euler_step(x, v, t_next - t, out=x)
         info["x"] = x
         _report(callback, hook, info, x0_hat)
@@ -401,8 +412,7 @@ def sample_heun(model: ModelFn, x: Tensor, times: Sequence[float], *, callback: 
         dt = t_next - t
         v = _velocity(model(x, t), v_buf, backend)
         info = {"i": i, "t": t, "t_prev": t_next}
-        x0_hat = (lambda x_t=(x.clone() if callback is not None else None), v=v, t=t:
-                  F.euler_step(x_t, v, 1.0 - t))
+        x0_hat = _flow_x0_hat(x, v, t, callback)
         if t_next >= 1.0:
             F.euler_step(x, v, dt, out=x)
         else:
