@@ -333,14 +333,7 @@ def test_bad_inputs_name_the_argument():
 
 
 # ----------------------------------------------------------------------------- IF pipelines
-@pytest.fixture(scope="module")
-def if_parts():
-    from test_schedulers import _tiny_if_unet
-
-    unet = _tiny_if_unet()
-    g = torch.Generator().manual_seed(0)
-    emb, neg = torch.randn(2, 1, 5, 8, generator=g).unbind(0)
-    return unet, emb, neg
+from test_schedulers import if_parts  # noqa: E402,F401  (the tiny IF UNet and prompt embeddings, a fixture)
 
 
 @pytest.mark.parametrize("pipeline", ["IFPipeline", "IFImg2ImgPipeline", "IFInpaintingPipeline"])
