@@ -314,6 +314,12 @@ def test_frontier_plots_the_most_complete_n(tmp_path):
     path = plot_frontier(res, tmp_path / "f.png", n=500)
     from PIL import Image
 
+    # each model its own most complete n: a model measured only at n = 1,000 gets its own panel
+    res["points"] += [pt("flow_time", "euler", k, 1000, 60.0 - k) for k in (5, 10)]
+    assert _points(res, None, "flow_time") == (res["points"][-2:], 1000)
+    assert _points(res, None, "ddpm_class")[1] == 1000
+    two = plot_frontier(res, tmp_path / "h.png")
+    assert Image.open(two).size[0] > 1.8 * Image.open(path).size[0]  # two panels, one before
     assert Image.open(path).size[0] > 300
     with pytest.raises(ValueError, match="no points with n = 7"):
         plot_frontier(res, tmp_path / "g.png", n=7)

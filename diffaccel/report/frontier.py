@@ -23,16 +23,22 @@ def load_shipped() -> Optional[dict]:
     return json.loads(SHIPPED.read_text())
 
 
-def _points(res: dict, n: Optional[int]) -> tuple:
-    """The points measured with ``n`` digits, and ``n``; ``n=None``: the most complete frontier (the
-    n with the most points, the larger on a tie). Fréchet distances at different n do not compare."""
-    pts = res.get("points", [])
+def _points(res: dict, n: Optional[int], model: Optional[str] = None) -> tuple:
+    """The points measured with ``n`` digits (of ``model`` if given), and ``n``; ``n=None``: the most
+    complete frontier (the n with the most points, the larger on a tie). Fréchet distances at
+    different n do not compare."""
+    pts = [p for p in res.get("points", []) if model is None or p["model"] == model]
     if n is None and pts:
         counts = {}
         for p in pts:
             counts[p["n"]] = counts.get(p["n"], 0) + 1
         n = max(counts, key=lambda k: (counts[k], k))
     return [p for p in pts if p["n"] == n], n
+
+
+def _models(res: dict) -> list:
+    """The models with measured points, DDPM ones first."""
+    return sorted({p["model"] for p in res.get("points", [])}, key=lambda m: (not m.startswith("ddpm"), m))
 
 
 def _pyplot():
@@ -57,17 +63,17 @@ def _save(fig, path) -> Path:
 
 def plot_frontier(res: dict, path, n: Optional[int] = None) -> Path:
     """Fréchet distance against NFE (log-log), a panel per model, a line per sampler; the floor
-    (training digits vs test set, same n) dashed, the course loop (DDPM, all 300 steps) dotted."""
+    (training digits vs test set, same n) dashed, the course loop (DDPM, all 300 steps) dotted.
+    ``n=None``: each panel takes its model's most complete n (distances compare within a panel)."""
     plt = _pyplot()
 
-    pts, n = _points(res, n)
-    models = sorted({p["model"] for p in pts}, key=lambda m: (not m.startswith("ddpm"), m))
-    if not models:
+    panels = [(m, *_points(res, n, m)) for m in _models(res)]
+    panels = [(m, pts, k) for m, pts, k in panels if pts]
+    if not panels:
         raise ValueError("the frontier JSON has no points" + (f" with n = {n}" if n else ""))
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.6), squeeze=False)
-    fl = res.get("floor", {}).get(str(n))
-    for ax, model in zip(axes[0], models):
-        mp = [p for p in pts if p["model"] == model]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (model, mp, k) in zip(axes[0], panels):
+        fl = res.get("floor", {}).get(str(k))
         for sampler in sorted({p["sampler"] for p in mp}, key=list(STYLE).index):
             sp = sorted((p for p in mp if p["sampler"] == sampler), key=lambda p: p["nfe"])
             color, marker = STYLE.get(sampler, ("k", "x"))
@@ -82,9 +88,9 @@ def plot_frontier(res: dict, path, n: Optional[int] = None) -> Path:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("model evaluations per digit (NFE)")
+        ax.set_ylabel(f"Fréchet distance to the test set ({k} digits)")
         ax.set_title(model)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel(f"Fréchet distance to the test set ({n} digits)")
     for ax in axes[0]:  # each panel has its own samplers
         ax.legend(fontsize=7)
     return _save(fig, path)
@@ -151,11 +157,12 @@ def write_sampler_figures(out_dir, seed: int = 0, quick: bool = False) -> list:
     if res is None or not res.get("points"):  # nothing measured ships with this build
         return figs
     plot_frontier(res, out / "s_frontier.png")
-    pts, n = _points(res, None)
+    sizes = ", ".join(f"{m} {_points(res, None, m)[1]}" for m in _models(res))
     figs.append(Figure(
         "B-samplers", "Fréchet distance against model evaluations (measured)",
-        f"Measured by benchmarks/bench_samplers.py on {res.get('machine', {}).get('cpu', 'a CPU')} ({n} digits a "
-        "point, seed 0, g = 5, the project classifier's feature space, against the test set); dashed: the floor "
+        f"Measured by benchmarks/bench_samplers.py on {res.get('machine', {}).get('cpu', 'a CPU')} (digits a "
+        f"point: {sizes}; seed 0, g = 5 for the class models, the project classifier's feature space, against "
+        "the test set); dashed: the floor "
         "(training digits vs the test set, same n); dotted: the course loop (all 300 steps).",
         [[Cell("s_frontier.png")]]))
     if plot_guidance_sweep(res, out / "s_guidance.png") is not None:
