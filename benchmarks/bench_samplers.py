@@ -12,7 +12,8 @@ test set); and the wall time of 64 digits at that point. ``--course-loop`` also 
 loop (``sample_naive``: two eager UNet calls per step, unfused update, all 300 steps) on the same
 64 digits, side by side. ``--guidance-sweep`` evaluates ``ddpm_class`` at g = 1, 2, 3, 5, 7 with
 the best 10-NFE sampler. Results are appended to the JSON as each point finishes (a rerun skips
-the points already there with the same ``n``), so a long run can be stopped and resumed.
+the points already there with the same ``n``), so a long run can be stopped and resumed. Runs in
+parallel write one file each; ``--merge A.json B.json --json all.json`` joins them.
 """
 from __future__ import annotations
 
@@ -68,6 +69,44 @@ def _have(rows, **key) -> bool:
     return any(all(r.get(k) == v for k, v in key.items()) for r in rows)
 
 
+#: what identifies a row of each list: the same key measured twice must give the same numbers
+_KEYS = {"points": ("model", "sampler", "nfe", "n", "seed", "guidance_scale"),
+         "timing": ("model", "sampler", "nfe", "n", "threads"),
+         "guidance_sweep": ("model", "sampler", "nfe", "n", "seed", "guidance_scale")}
+
+
+def merge(paths, into: Path) -> dict:
+    """Merges result files written by separate runs (concurrent runs must each write their own
+    file: every save rewrites the whole file) into ``into``. Rows are matched by their key (model,
+    sampler, NFE, n, ...): a new key is appended; a key already there keeps the row there, and a
+    quality point whose Fréchet distance differs (seeded runs are deterministic) is an error.
+    Timing rows keep the load they ran under (``load_avg_at_start`` of their file)."""
+    res = _load(into)
+    for src in map(Path, paths):
+        other = json.loads(src.read_text())
+        load = other.get("machine", {}).get("load_avg_at_start")
+        for name, key in _KEYS.items():
+            rows = res.setdefault(name, [])
+            index = {tuple(r.get(k) for k in key): r for r in rows}
+            for r in other.get(name, []):
+                k = tuple(r.get(f) for f in key)
+                if k not in index:
+                    r = dict(r, **({"load_avg_at_start": load} if name == "timing" and load is not None else {}))
+                    rows.append(r)
+                    index[k] = r
+                elif name != "timing" and abs(index[k]["frechet_distance"] - r["frechet_distance"]) > 1e-3:
+                    raise ValueError(f"{src}: {dict(zip(key, k))} has FD {r['frechet_distance']} here and "
+                                     f"{index[k]['frechet_distance']} in {into}: not the same measurement")
+        for n, fl in other.get("floor", {}).items():
+            if n in res.setdefault("floor", {}) and abs(res["floor"][n] - fl) > 1e-3:
+                raise ValueError(f"{src}: floor at n = {n} is {fl} here and {res['floor'][n]} in {into}")
+            res["floor"][n] = fl
+        for model, t in other.get("course_loop", {}).items():
+            res.setdefault("course_loop", {}).setdefault(model, t)
+    _save(into, res)
+    return res
+
+
 def floor(clf, data_dir, n: int) -> float:
     """FD between ``n`` training digits and the test set (the same n as the samples: FD is biased by n)."""
     x, _ = mnist_tensors("train", root=data_dir)
@@ -99,7 +138,17 @@ def main(argv=None) -> None:
     ap.add_argument("--guidance-sweep", action="store_true")
     ap.add_argument("--sweep-sampler", default=None, help="sampler of the guidance sweep (default: best at 10 NFE)")
     ap.add_argument("--no-quality", action="store_true", help="timing only")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", default=None,
+                    help="merge these result files (from concurrent runs) into --json, and stop")
     args = ap.parse_args(argv)
+    if args.merge:
+        res = merge(args.merge, Path(args.json))
+        print(f"{args.json}: {len(res['points'])} points, {len(res['timing'])} timings")
+        if args.plot:
+            from diffaccel.report.frontier import plot_frontier
+
+            print("plot:", plot_frontier(res, args.plot))
+        return
 
     torch.set_num_threads(args.threads)
     path = Path(args.json)

@@ -323,3 +323,39 @@ def test_frontier_plots_the_most_complete_n(tmp_path):
     assert Image.open(path).size[0] > 300
     with pytest.raises(ValueError, match="no points with n = 7"):
         plot_frontier(res, tmp_path / "g.png", n=7)
+
+
+def test_frontier_results_from_parallel_runs_merge(tmp_path):
+    """bench_samplers --merge: new keys appended, a key measured twice kept once, a differing
+    Fréchet distance for the same seeded point refused, timings keep the load they ran under."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_samplers", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_samplers.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def pt(sampler, nfe, fd):
+        return {"model": "ddpm_time", "sampler": sampler, "nfe": nfe, "n": 1000, "seed": 0,
+                "guidance_scale": 5.0, "frechet_distance": fd}
+
+    a = {"points": [pt("ddpm", 5, 2887.0), pt("ddim", 5, 90.0)], "floor": {"1000": 13.309},
+         "timing": [{"model": "ddpm_time", "sampler": "ddpm", "nfe": 5, "n": 64, "threads": 1, "seconds": 1.4}],
+         "machine": {"load_avg_at_start": 2.0}}
+    b = {"points": [pt("ddim", 5, 90.0), pt("unipc", 5, 40.0)], "floor": {"1000": 13.309, "500": 18.34},
+         "course_loop": {"ddpm_class": {"n": 64, "seconds": 370.2}}}
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    out = tmp_path / "all.json"
+    res = bench.merge([tmp_path / "a.json", tmp_path / "b.json"], out)
+    assert [(p["sampler"], p["frechet_distance"]) for p in res["points"]] == [("ddpm", 2887.0), ("ddim", 90.0),
+                                                                              ("unipc", 40.0)]
+    assert res["floor"] == {"1000": 13.309, "500": 18.34} and res["course_loop"]["ddpm_class"]["seconds"] == 370.2
+    assert res["timing"][0]["load_avg_at_start"] == 2.0
+    assert json.loads(out.read_text()) == res
+    b["points"][0]["frechet_distance"] = 91.0
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    with pytest.raises(ValueError, match="not the same measurement"):
+        bench.merge([tmp_path / "b.json"], out)
