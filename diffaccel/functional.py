@@ -195,8 +195,8 @@ def _validate_abar(given: torch.Tensor, abar: torch.Tensor) -> Tuple[Tuple[int, 
     valid entry for the forward process. The ops that divide by ``sqrt(abar[t])`` or
     ``1 - abar[t]`` refuse a ``t`` there (see :func:`_check_t_index`).
     Returns the indices where ``abar == 1`` and where ``abar == 0``."""
-    if _compiling() or (abar.is_cuda and torch.cuda.is_current_stream_capturing()):
-        return (), ()
+    if _compiling() or abar.is_meta or (abar.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return (), ()  # no values to check (meta: shapes only; tracing and capture: no host sync)
     hit = _ABAR_CHECKED.get(given)
     if hit is not None and hit[0] == given._version:
         return hit[1], hit[2]
@@ -307,7 +307,7 @@ def _check_no_partial_overlap(name: str, out: torch.Tensor, inputs: dict) -> Non
     and strides: every op is elementwise per output element or computes before writing), but
     must not share only some memory with one. Inputs here are the contiguous tensors the kernels
     read (a non-contiguous input was already copied), so overlapping byte ranges are exact."""
-    if _compiling() or out.numel() == 0:
+    if _compiling() or out.numel() == 0 or out.is_meta:  # meta tensors have no memory to share
         return
     o0, o1 = _byte_range(out)
     storage = out.untyped_storage().data_ptr()
@@ -647,7 +647,7 @@ def _check_outputs(x_t: torch.Tensor, inputs: dict, **outs) -> list:
     res = [(k, _check_out(v, x_t, k, **inputs) if v is not None else None) for k, v in outs.items()]
     for i, (ka, a) in enumerate([] if _compiling() else res):
         for kb, b in res[i + 1:]:
-            if a is not None and b is not None and a.numel() > 0:
+            if a is not None and b is not None and a.numel() > 0 and not a.is_meta:  # meta: no memory
                 a0, a1 = _byte_range(a)
                 b0, b1 = _byte_range(b)
                 if a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() and a0 < b1 and b0 < a1:

@@ -390,6 +390,44 @@ def test_out_buffer_is_reused(name, monkeypatch):
     assert same is x  # out=x: in place on the start sample
 
 
+@pytest.mark.parametrize("name,kw", [
+    ("ddpm", {}), ("ddpm", dict(variance="learned_range")), ("ddpm", dict(dynamic_threshold=(0.95, 1.5))),
+    ("ddim", {}), ("ddim", dict(eta=1.0)), ("dpmpp_2m", {}), ("dpmpp_2m", dict(dynamic_threshold=(0.95, 1.5))),
+    ("dpmpp_2m", dict(clip_x0=1.0)), ("unipc", {}), ("unipc", dict(dynamic_threshold=(0.95, 1.5))),
+    ("euler", {}), ("heun", {})])
+@pytest.mark.parametrize("guided", [False, True])
+def test_loops_never_read_a_value_back(name, kw, guided):
+    """The no-host-sync loop (what a CUDA loop and graph capture need), checked on the CPU: the
+    whole loop runs on meta tensors, which have shapes but no values, so any read of a value on
+    the host (``.item()``, ``bool(tensor)``, ``.tolist()``, a data-dependent shape) raises.
+    The per-step callback, with its lazy x0 estimate, runs too. (On a GPU,
+    ``test_cuda_sampling_never_syncs_and_graph_replays_the_same`` checks the same with
+    ``torch.cuda.set_sync_debug_mode("error")``.)"""
+    flow = name in S.FLOW_SAMPLERS
+    learned = kw.get("variance") == "learned_range"
+    x = torch.randn(3, 2, 5, 7, device="meta")
+
+    def forward(x, t):
+        eps = torch.zeros_like(x)
+        return S.Output(eps, torch.zeros_like(x)) if learned else eps
+
+    model = S.cfg(lambda x2, t: forward(x2, t), 4.0) if guided else forward
+    seen = []
+
+    def callback(info):
+        seen.append(info["x0_hat"].device.type)
+    if flow:
+        out = S.get_sampler(name)(model, x, S.flow_times(4), callback=callback, **kw)
+    else:
+        kw = dict(kw, noise=torch.zeros(5, *x.shape, device="meta")) if name == "ddpm" or kw.get("eta") else kw
+        out = S.get_sampler(name)(model, x, strided(5), ABAR.to("meta"), callback=callback, backend="torch", **kw)
+    assert out.device.type == "meta" and out.shape == x.shape
+    assert seen == ["meta"] * (4 if flow else 5)
+    with pytest.raises(RuntimeError, match="meta"):  # the harness does catch a read-back
+        S.get_sampler(name)(lambda x, t: torch.zeros_like(x) * float(x.sum()), x,
+                            *((S.flow_times(2),) if flow else (strided(2), ABAR.to("meta"))))
+
+
 # ----------------------------------------------------------------------------- wrappers
 def test_cfg_wrapper_equals_manual_combine():
     """``cfg(forward, g)`` hands the fused step (eps_u, eps_c, g): the same as a model that
