@@ -6,8 +6,10 @@ All variants run in one process, side by side, timed with ``torch.cuda.synchroni
 each call: (a) the course-style loop (two eager UNet calls per step, unfused update), (b)
 ``diffaccel.mnist.sample`` (one batched forward, BN folded, channels-last, fused in-place
 update, no host sync per step), (c) the same captured as one CUDA graph (first call: capture +
-replay; second call: replay), (d) bf16 autocast + CUDA graph; then the throughput of a
-2,000-digit run (``--big-n``; the eval workload) in batches of 1000.
+replay; second call: replay), (d) bf16 autocast + CUDA graph; (e) the few-step solvers
+(DPM-Solver++(2M) and UniPC at 5 steps, DPM-Solver++ and DDIM at 10): eager, capture call and
+replay-only call; then the throughput of a 2,000-digit run (``--big-n``; the eval workload) in
+batches of 1000.
 """
 from __future__ import annotations
 
@@ -69,6 +71,18 @@ def main() -> None:
     res["mean_abs_diff_bf16_vs_naive"] = float((bf - naive).abs().mean())
     for k in ("diffaccel_s", "cuda_graph_s", "bf16_cuda_graph_s"):
         res["speedup_" + k[:-2]] = res["naive_s"] / res[k]
+    # The few-step solvers (benchmarks/bench_samplers.py measures their quality): eager, the
+    # capture call, and a replay-only call from the model's graph cache, same digits.
+    res["solvers"] = []
+    for sampler, steps in (("dpmpp_2m", 5), ("unipc", 5), ("dpmpp_2m", 10), ("ddim", 10)):
+        skw = dict(kw, sampler=sampler, num_steps=steps)
+        e, te = timed(lambda: sample(m, **skw))
+        _, tc = timed(lambda: sample(m, **skw, cuda_graph=True))
+        r, tr = timed(lambda: sample(m, **skw, cuda_graph=True))
+        row = {"sampler": sampler, "num_steps": steps, "eager_s": te, "capture_call_s": tc, "replay_s": tr,
+               "speedup_replay_vs_naive": res["naive_s"] / tr, "max_abs_diff_replay_vs_eager": float((r - e).abs().max())}
+        res["solvers"].append(row)
+        print(json.dumps(row), flush=True)
     big = torch.arange(args.big_n) % 10
     for prec in ("fp32", "bf16"):
         _, s = timed(lambda: sample(m, labels=big, seed=1, batch_size=1000, cuda_graph=True, precision=prec))
