@@ -107,6 +107,32 @@ def merge(paths, into: Path) -> dict:
     return res
 
 
+def markdown(res: dict) -> str:
+    """The quality points as one markdown table per model and n: a row per sampler, a column per
+    NFE budget, the Fréchet distance (label accuracy beside it where it is below 100%; the NFE
+    spent in brackets where it is below the budget, as Heun's 2n - 1), the floor in the header."""
+    lines = []
+    models = sorted({p["model"] for p in res["points"]}, key=lambda m: (not m.startswith("ddpm"), m))
+    for model in models:
+        for n in sorted({p["n"] for p in res["points"] if p["model"] == model}):
+            pts = [p for p in res["points"] if p["model"] == model and p["n"] == n]
+            nfes = sorted({p["nfe"] for p in pts})
+            fl = res.get("floor", {}).get(str(n))
+            lines += ["", f"| `{model}`, n = {n:,} (floor {fl}) | " + " | ".join(f"NFE {k}" for k in nfes) + " |",
+                      "|---" * (len(nfes) + 1) + "|"]
+            for sampler in [s for s in DDPM_SAMPLERS + FLOW_SAMPLERS if any(p["sampler"] == s for p in pts)]:
+                cells = []
+                for k in nfes:
+                    p = next((p for p in pts if p["sampler"] == sampler and p["nfe"] == k), None)
+                    acc = p.get("label_accuracy") if p else None
+                    real = p.get("nfe_actual", k) if p else k  # Heun: 2n - 1 of a budget of 2n
+                    cells.append("" if p is None else f"{p['frechet_distance']:.1f}"
+                                 + (f" ({100 * acc:.1f}%)" if acc is not None and acc < 1 else "")
+                                 + (f" [{real}]" if real != k else ""))
+                lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def floor(clf, data_dir, n: int) -> float:
     """FD between ``n`` training digits and the test set (the same n as the samples: FD is biased by n)."""
     x, _ = mnist_tensors("train", root=data_dir)
@@ -140,7 +166,11 @@ def main(argv=None) -> None:
     ap.add_argument("--no-quality", action="store_true", help="timing only")
     ap.add_argument("--merge", nargs="+", metavar="JSON", default=None,
                     help="merge these result files (from concurrent runs) into --json, and stop")
+    ap.add_argument("--markdown", action="store_true", help="print --json's quality points as tables, and stop")
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown(_load(Path(args.json))))
+        return
     if args.merge:
         res = merge(args.merge, Path(args.json))
         print(f"{args.json}: {len(res['points'])} points, {len(res['timing'])} timings")

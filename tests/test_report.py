@@ -355,6 +355,10 @@ def test_frontier_results_from_parallel_runs_merge(tmp_path):
     assert res["floor"] == {"1000": 13.309, "500": 18.34} and res["course_loop"]["ddpm_class"]["seconds"] == 370.2
     assert res["timing"][0]["load_avg_at_start"] == 2.0
     assert json.loads(out.read_text()) == res
+    res["points"].append(dict(pt("ddpm", 10, 12.5), nfe_actual=9, label_accuracy=0.987))
+    table = bench.markdown(res).splitlines()
+    assert table[1] == "| `ddpm_time`, n = 1,000 (floor 13.309) | NFE 5 | NFE 10 |"
+    assert table[3:6] == ["| ddpm | 2887.0 | 12.5 (98.7%) [9] |", "| ddim | 90.0 |  |", "| unipc | 40.0 |  |"]
     b["points"][0]["frechet_distance"] = 91.0
     (tmp_path / "b.json").write_text(json.dumps(b))
     with pytest.raises(ValueError, match="not the same measurement"):
