@@ -161,6 +161,19 @@ def test_mnist_list(capsys):
     assert "tiny_class" in out and "tiny_denoiser" in out and "classifier" not in out
 
 
+def test_output_into_a_closed_pipe_stops_quietly():
+    """`diffaccel mnist list | head -0`: the reader has gone before the first line; the command
+    stops with the status a shell gives a writer killed by SIGPIPE (141), no traceback."""
+    import subprocess
+
+    p = subprocess.Popen([sys.executable, "-m", "diffaccel.cli", "mnist", "list"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()  # long before the interpreter has imported torch and written a line
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 # ----------------------------------------------------------------------------- mnist eval
 @pytest.fixture
 def small_mnist(monkeypatch):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import linecache
+import os
 import re
 import sys
 from typing import Optional, Sequence
@@ -83,6 +84,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return e.code if isinstance(e.code, int) else 0
     try:
         args.func(args)
+    except BrokenPipeError:  # `diffaccel mnist list | head`: the reader left; stop quietly, as ls does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer killed by the closed pipe
     except Exception as e:
         if not is_user_error(e):
             raise
