@@ -77,7 +77,8 @@ def plot_frontier(res: dict, path, n: Optional[int] = None) -> Path:
         for sampler in sorted({p["sampler"] for p in mp}, key=list(STYLE).index):
             sp = sorted((p for p in mp if p["sampler"] == sampler), key=lambda p: p["nfe"])
             color, marker = STYLE.get(sampler, ("k", "x"))
-            ax.plot([p["nfe"] for p in sp], [p["frechet_distance"] for p in sp], marker=marker, color=color,
+            ax.plot([p.get("nfe_actual", p["nfe"]) for p in sp], [p["frechet_distance"] for p in sp], marker=marker,
+                    color=color,
                     label=sampler)
         course = [p for p in mp if p["sampler"] in ("ddpm", "euler") and p["nfe"] == 300]
         if course:
