@@ -320,6 +320,9 @@ def test_frontier_plots_the_most_complete_n(tmp_path):
     assert _points(res, None, "ddpm_class")[1] == 1000
     two = plot_frontier(res, tmp_path / "h.png")
     assert Image.open(two).size[0] > 1.8 * Image.open(path).size[0]  # two panels, one before
+    res["points"] += [pt(m, "euler", 5, 1000, 50.0) for m in ("flow_class", "ddpm_time")]
+    four = Image.open(plot_frontier(res, tmp_path / "four.png")).size
+    assert four[0] == Image.open(two).size[0] and four[1] > 1.8 * Image.open(two).size[1]  # two a row: fits the page
     assert Image.open(path).size[0] > 300
     with pytest.raises(ValueError, match="no points with n = 7"):
         plot_frontier(res, tmp_path / "g.png", n=7)

@@ -71,8 +71,13 @@ def plot_frontier(res: dict, path, n: Optional[int] = None) -> Path:
     panels = [(m, pts, k) for m, pts, k in panels if pts]
     if not panels:
         raise ValueError("the frontier JSON has no points" + (f" with n = {n}" if n else ""))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for ax, (model, mp, k) in zip(axes[0], panels):
+    cols = min(2, len(panels))  # two panels a row: the report page stays narrower than a laptop screen
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.remove()
+    axes = axes.flat[:len(panels)]
+    for ax, (model, mp, k) in zip(axes, panels):
         fl = res.get("floor", {}).get(str(k))
         for sampler in sorted({p["sampler"] for p in mp}, key=list(STYLE).index):
             sp = sorted((p for p in mp if p["sampler"] == sampler), key=lambda p: p["nfe"])
@@ -92,7 +97,7 @@ def plot_frontier(res: dict, path, n: Optional[int] = None) -> Path:
         ax.set_ylabel(f"Fréchet distance to the test set ({k} digits)")
         ax.set_title(model)
         ax.grid(True, which="both", alpha=0.3)
-    for ax in axes[0]:  # each panel has its own samplers
+    for ax in axes:  # each panel has its own samplers
         ax.legend(fontsize=7)
     return _save(fig, path)
 
