@@ -149,6 +149,12 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
+def _unreadable(x: torch.Tensor) -> bool:
+    """Checks that read values or addresses cannot run on ``x``: while tracing for torch.compile
+    (no host sync possible), and on meta tensors (shapes only: no values, no memory)."""
+    return _compiling() or x.is_meta
+
+
 def _check_image(name: str, x, ref_x: Optional[torch.Tensor] = None, ndim4: bool = True):
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -184,7 +190,8 @@ def _check_abar(alphas_cumprod, device: torch.device) -> torch.Tensor:
 # abar == 0). A schedule is checked once per version (in-place edits bump it): on CPU that saves a
 # pass per call, on CUDA the one check is the only host sync, paid at the first call (set-up),
 # never per step. It is skipped while tracing for torch.compile or capturing a CUDA graph (no host
-# sync is possible); the tables a sampler captures were checked at its eager warm-up call.
+# sync is possible; the tables a sampler captures were checked at its eager warm-up call) and on
+# meta tensors (no values).
 _ABAR_CHECKED = torch.utils.weak.WeakIdKeyDictionary()
 
 
@@ -195,8 +202,8 @@ def _validate_abar(given: torch.Tensor, abar: torch.Tensor) -> Tuple[Tuple[int, 
     valid entry for the forward process. The ops that divide by ``sqrt(abar[t])`` or
     ``1 - abar[t]`` refuse a ``t`` there (see :func:`_check_t_index`).
     Returns the indices where ``abar == 1`` and where ``abar == 0``."""
-    if _compiling() or abar.is_meta or (abar.is_cuda and torch.cuda.is_current_stream_capturing()):
-        return (), ()  # no values to check (meta: shapes only; tracing and capture: no host sync)
+    if _unreadable(abar) or (abar.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return (), ()
     hit = _ABAR_CHECKED.get(given)
     if hit is not None and hit[0] == given._version:
         return hit[1], hit[2]
@@ -307,7 +314,7 @@ def _check_no_partial_overlap(name: str, out: torch.Tensor, inputs: dict) -> Non
     and strides: every op is elementwise per output element or computes before writing), but
     must not share only some memory with one. Inputs here are the contiguous tensors the kernels
     read (a non-contiguous input was already copied), so overlapping byte ranges are exact."""
-    if _compiling() or out.numel() == 0 or out.is_meta:  # meta tensors have no memory to share
+    if _unreadable(out) or out.numel() == 0:
         return
     o0, o1 = _byte_range(out)
     storage = out.untyped_storage().data_ptr()
@@ -645,9 +652,9 @@ def _check_outputs(x_t: torch.Tensor, inputs: dict, **outs) -> list:
     """Allocated or checked ``out=`` buffers: each may be exactly an input, must not partially
     overlap one, and no two of them may share memory."""
     res = [(k, _check_out(v, x_t, k, **inputs) if v is not None else None) for k, v in outs.items()]
-    for i, (ka, a) in enumerate([] if _compiling() else res):
+    for i, (ka, a) in enumerate(res):
         for kb, b in res[i + 1:]:
-            if a is not None and b is not None and a.numel() > 0 and not a.is_meta:  # meta: no memory
+            if a is not None and b is not None and a.numel() > 0 and not _unreadable(a):
                 a0, a1 = _byte_range(a)
                 b0, b1 = _byte_range(b)
                 if a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() and a0 < b1 and b0 < a1:
