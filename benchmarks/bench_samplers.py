@@ -34,6 +34,7 @@ from diffaccel.mnist.classifier import features, frechet_distance, load_classifi
 from diffaccel.mnist.data import mnist_tensors  # noqa: E402
 from diffaccel.mnist.evaluate import evaluate_generator  # noqa: E402
 from diffaccel.mnist.sampling import sample, sample_naive  # noqa: E402
+from diffaccel.report.frontier import _models  # noqa: E402
 from diffaccel.samplers import DDPM_SAMPLERS, FLOW_SAMPLERS, nfe  # noqa: E402
 
 
@@ -112,8 +113,7 @@ def markdown(res: dict) -> str:
     NFE budget, the Fréchet distance (label accuracy beside it where it is below 100%; the NFE
     spent in brackets where it is below the budget, as Heun's 2n - 1), the floor in the header."""
     lines = []
-    models = sorted({p["model"] for p in res["points"]}, key=lambda m: (not m.startswith("ddpm"), m))
-    for model in models:
+    for model in _models(res):  # the report's order: DDPM models first
         for n in sorted({p["n"] for p in res["points"] if p["model"] == model}):
             pts = [p for p in res["points"] if p["model"] == model and p["n"] == n]
             nfes = sorted({p["nfe"] for p in pts})
