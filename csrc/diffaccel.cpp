@@ -42,11 +42,11 @@ TORCH_LIBRARY(diffaccel, m) {
   // Multistep solvers, data prediction, on eps = eps_uncond (eps_cond None) or the CFG combine;
   // x0 = thr(predict_x0) as ddpm_step's clip_x0 / threshold_*; t_prev = -1: the final step.
   // DPM-Solver++(2M) (Lu et al. 2022, midpoint form): second order with x0_prev (at t_last).
-  // Writes x_prev into out and x0 into x0_out.
+  // Writes x_prev into out and x0 into x0_out. With noise (a N(0, I) draw): SDE-DPM-Solver++(2M).
   m.def(
       "dpmpp_2m_step(Tensor x_t, Tensor eps_uncond, Tensor? eps_cond, float scale, Tensor alphas_cumprod, "
       "Tensor t, Tensor t_prev, Tensor? x0_prev, Tensor? t_last, float clip_x0, float threshold_ratio, "
-      "float threshold_max, Tensor(a!) out, Tensor(b!) x0_out) -> ()");
+      "float threshold_max, Tensor(a!) out, Tensor(b!) x0_out, Tensor? noise=None) -> ()");
   // UniPC, B(h) = expm1(-h) (Zhao et al. 2023): the corrector UniC when x_last is given (order 2
   // with x0_prev2 at t_last2), then the predictor UniP of predictor_order (1 or 2). Writes x_prev,
   // x0 and the corrected sample into out, x0_out, x_corr_out.

@@ -58,6 +58,7 @@ struct SolverStepParams : StepInputs {
   float threshold_max = 0.0f;
   void* x0_out = nullptr;      // x0 (the next step's x0_prev); `out` is x_prev
   void* x_corr_out = nullptr;  // the corrected sample (nullptr: not written)
+  const void* noise = nullptr;  // dpmpp_2m_step: a N(0, I) draw = SDE-DPM-Solver++(2M) (nullptr: the ODE form)
 
   // Which history terms the step uses (uniform over the batch).
   enum Mode : int32_t { kFirstOrder = 0, kPredictor2 = 1, kCorrector1 = 2, kCorrector2 = 3 };

@@ -23,10 +23,11 @@ DIFFACCEL_HOST_DEVICE inline float abar_at(const float* abar, int64_t t) { retur
 // computed in double from the float32 abar and rounded once to float, as the reference does:
 //   x0     = clamp((x - s1a eps) / sa, -clip, clip) / thr           (thr: dynamic thresholding)
 //   x_corr = cs x_last - ca (m0 + r1 (m1 - m0) + rt (x0 - m0))      (UniC; else x_corr = x_t)
-//   x_prev = ps x_corr - pa (x0 + pk (x0_prev - x0))                 (UniP / DPM-Solver++(2M))
+//   x_prev = ps x_corr - pa (x0 + pk (x0_prev - x0)) + pn noise      (UniP / DPM-Solver++(2M))
+// pn = 0 but for SDE-DPM-Solver++(2M) (`sde`), whose ps, pa, pn are reference.solver_weights'.
 struct SolverWeights {
   float cs = 0, ca = 0, r1 = 0, rt = 0;
-  float ps = 0, pa = 0, pk = 0;
+  float ps = 0, pa = 0, pk = 0, pn = 0;
 };
 
 // a(t) = sqrt(abar[t]), s(t) = sqrt(1 - abar[t]), lam(t) = log a - log s (+inf at t = -1).
@@ -43,8 +44,9 @@ struct AlphaSigma {
 // t_last < 0: no history (first order); t_last2 < 0: a first-order corrector. `corrector`: UniC
 // from (x_last, t_last) to t. The predictor is second order when `second_order`, t_last >= 0 and
 // t_prev >= 0 (the final step, abar = 1, is always first order).
-DIFFACCEL_HOST_DEVICE inline SolverWeights solver_weights(const float* abar, int64_t t, int64_t t_prev, int64_t t_last, int64_t t_last2,
-                                    bool corrector, bool second_order) {
+DIFFACCEL_HOST_DEVICE inline SolverWeights solver_weights(const float* abar, int64_t t, int64_t t_prev,
+                                                          int64_t t_last, int64_t t_last2, bool corrector,
+                                                          bool second_order, bool sde = false) {
   SolverWeights w;
   const AlphaSigma now(abar, t), next(abar, t_prev);
   if (corrector) {
@@ -66,8 +68,15 @@ DIFFACCEL_HOST_DEVICE inline SolverWeights solver_weights(const float* abar, int
     }
   }
   const double h = next.lam - now.lam;
-  w.ps = static_cast<float>(next.s / now.s);
-  w.pa = static_cast<float>(next.a * ::expm1(-h));
+  if (sde) {  // t_prev = -1: h = inf, so ps = 0, pa = -1, pn = 0 (x_prev = D), as the ODE form
+    const double em2h = ::expm1(-2 * h);
+    w.ps = static_cast<float>(next.s / now.s * ::exp(-h));
+    w.pa = static_cast<float>(next.a * em2h);
+    w.pn = static_cast<float>(next.s * ::sqrt(-em2h));
+  } else {
+    w.ps = static_cast<float>(next.s / now.s);
+    w.pa = static_cast<float>(next.a * ::expm1(-h));
+  }
   if (second_order && t_last >= 0 && t_prev >= 0) {
     w.pk = static_cast<float>(0.5 / ((AlphaSigma(abar, t_last).lam - now.lam) / h));
   }

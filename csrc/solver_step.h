@@ -24,8 +24,10 @@ inline SolverStepParams solver_params(const at::Tensor& x_t, const at::Tensor& e
                                       const std::optional<at::Tensor>& x0_prev2,
                                       const std::optional<at::Tensor>& t_last2, int64_t predictor_order,
                                       double clip_x0, double threshold_ratio, double threshold_max,
-                                      const at::Tensor& out, const at::Tensor& x0_out, const at::Tensor* x_corr_out) {
+                                      const at::Tensor& out, const at::Tensor& x0_out, const at::Tensor* x_corr_out,
+                                      const std::optional<at::Tensor>& noise = std::nullopt) {
   check_step_eps(x_t, eps_u, eps_c);
+  check_optional_like("noise", noise, x_t);
   check_optional_like("x0_prev", x0_prev, x_t);
   check_optional_like("x_last", x_last, x_t);
   check_optional_like("x0_prev2", x0_prev2, x_t);
@@ -48,18 +50,20 @@ inline SolverStepParams solver_params(const at::Tensor& x_t, const at::Tensor& e
   p.threshold_max = static_cast<float>(threshold_max);
   p.x0_out = x0_out.data_ptr();
   p.x_corr_out = x_corr_out != nullptr ? x_corr_out->data_ptr() : nullptr;
+  p.noise = opt_data(noise);
   return p;
 }
 
-// dpmpp_2m_step: the UniP predictor of order 2 without corrector (they coincide for B(h) = expm1(-h)).
+// dpmpp_2m_step: the UniP predictor of order 2 without corrector (they coincide for B(h) = expm1(-h));
+// with noise, SDE-DPM-Solver++(2M): the same D, schedule.h's SDE weights and pn * noise added.
 template <SolverRunner Run>
 void dpmpp_2m_step_op(const at::Tensor& x_t, const at::Tensor& eps_u, const std::optional<at::Tensor>& eps_c,
                       double scale, const at::Tensor& abar, const at::Tensor& t, const at::Tensor& t_prev,
                       const std::optional<at::Tensor>& x0_prev, const std::optional<at::Tensor>& t_last,
                       double clip_x0, double threshold_ratio, double threshold_max, at::Tensor out,
-                      at::Tensor x0_out) {
+                      at::Tensor x0_out, const std::optional<at::Tensor>& noise) {
   Run(solver_params(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, std::nullopt, std::nullopt,
-                    std::nullopt, 2, clip_x0, threshold_ratio, threshold_max, out, x0_out, nullptr),
+                    std::nullopt, 2, clip_x0, threshold_ratio, threshold_max, out, x0_out, nullptr, noise),
       x_t);
 }
 

@@ -133,9 +133,9 @@ class Backend:
     # may lack (_SOLVER_OPS; has_op says which exist), are looked up at the call.
     @staticmethod
     def dpmpp_2m_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, clip_x0, th_ratio, th_max,
-                      out, x0_out):
+                      out, x0_out, noise=None):
         _ops.dpmpp_2m_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, clip_x0, th_ratio, th_max,
-                           out, x0_out)
+                           out, x0_out, noise)
 
     @staticmethod
     def unipc_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, x_last, x0_prev2, t_last2,

@@ -67,9 +67,9 @@ class _TorchBackend:
 
     @staticmethod
     def dpmpp_2m_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, clip_x0, th_ratio, th_max,
-                      out, x0_out):
+                      out, x0_out, noise=None):
         eps = eps_u if eps_c is None else ref.cfg_combine(eps_u.float(), eps_c.float(), scale)
-        x_prev, x0 = ref.dpmpp_2m_step(x_t, eps, abar, t, t_prev, x0_prev=x0_prev, t_last=t_last,
+        x_prev, x0 = ref.dpmpp_2m_step(x_t, eps, abar, t, t_prev, x0_prev=x0_prev, t_last=t_last, noise=noise,
                                        **_threshold_kwargs(clip_x0, th_ratio, th_max))
         out.copy_(x_prev)
         x0_out.copy_(x0)
@@ -664,17 +664,21 @@ def _check_outputs(x_t: torch.Tensor, inputs: dict, **outs) -> list:
 
 
 def _dpmpp_2m(x_t, eps_u, eps_c, scale, alphas_cumprod, t, t_prev, x0_prev, t_last, clip_x0, dynamic_threshold,
-              out, x0_out, backend):
-    x_t, abar, tt, tp, _ = _step_common(x_t, alphas_cumprod, t, t_prev, None)
+              out, x0_out, backend, noise=None):
+    x_t, abar, tt, tp, noise = _step_common(x_t, alphas_cumprod, t, t_prev, noise)
     eps_u = _check_image("eps" if eps_c is None else "eps_uncond", eps_u, x_t)
     if eps_c is not None:
         eps_c = _check_image("eps_cond", eps_c, x_t)
     x0_prev, tl = _check_history("x0_prev", x0_prev, x_t, "t_last", t_last, abar, tt, t)
     clip, ratio, max_value = _check_threshold(clip_x0, dynamic_threshold)
     out, x0_out = _check_outputs(x_t, {"x_t": x_t, ("eps" if eps_c is None else "eps_uncond"): eps_u, "eps_cond": eps_c,
-                                             "x0_prev": x0_prev, "alphas_cumprod": abar}, out=out, x0_out=x0_out)
-    _get_op(backend, x_t.device, "dpmpp_2m_step")(
-        x_t, eps_u, eps_c, scale, abar, tt, tp, x0_prev, tl, clip, ratio, max_value, out, x0_out)
+                                             "x0_prev": x0_prev, "noise": noise, "alphas_cumprod": abar},
+                                  out=out, x0_out=x0_out)
+    op = _get_op(backend, x_t.device, "dpmpp_2m_step")
+    if noise is None:  # the ODE form: the call every build has (an older one lacks the noise argument)
+        op(x_t, eps_u, eps_c, scale, abar, tt, tp, x0_prev, tl, clip, ratio, max_value, out, x0_out)
+    else:
+        op(x_t, eps_u, eps_c, scale, abar, tt, tp, x0_prev, tl, clip, ratio, max_value, out, x0_out, noise)
     return out, x0_out
 
 
@@ -705,6 +709,43 @@ def cfg_dpmpp_2m_step(x_t, eps_uncond, eps_cond, scale: float, alphas_cumprod, t
         raise ArgumentTypeError("eps_cond must be a torch.Tensor, got NoneType")
     return _dpmpp_2m(x_t, eps_uncond, eps_cond, scale, alphas_cumprod, t, t_prev, x0_prev, t_last, clip_x0,
                      dynamic_threshold, out, x0_out, backend)
+
+
+def _check_sde_noise(noise):
+    if not isinstance(noise, torch.Tensor):
+        raise ArgumentTypeError("noise must be a torch.Tensor (an N(0, I) draw shaped like x_t; at the final step, "
+                                f"t_prev = -1, the ODE step dpmpp_2m_step is the same update), got {type(noise).__name__}")
+    return noise
+
+
+def dpmpp_2m_sde_step(x_t, eps, alphas_cumprod, t: Timestep, t_prev: Timestep, noise, *, x0_prev=None,
+                      t_last: Optional[Timestep] = None, clip_x0: Optional[float] = None,
+                      dynamic_threshold: Optional[Tuple[float, float]] = None, out=None, x0_out=None,
+                      backend: str = "auto"):
+    """SDE-DPM-Solver++(2M) step t -> t_prev (Lu et al. 2022; diffusers'
+    ``DPMSolverMultistepScheduler`` with ``algorithm_type="sde-dpmsolver++"``, midpoint), one pass.
+
+    The data-prediction multistep step of the diffusion SDE: the second-order ``D`` of
+    :func:`dpmpp_2m_step` in ``x_prev = (s(t_prev)/s(t)) e^-h x_t - a(t_prev) expm1(-2h) D +
+    s(t_prev) sqrt(-expm1(-2h)) noise`` (first order: the DDPM posterior step with x0 = D), so the
+    solver keeps the stochastic sampler's quality at few steps where the ODE solvers level off.
+    ``noise`` is an N(0, I) draw like ``x_t`` (may be ``out``); the rest as :func:`dpmpp_2m_step`.
+    See :func:`reference.dpmpp_2m_step`.
+    """
+    return _dpmpp_2m(x_t, eps, None, 1.0, alphas_cumprod, t, t_prev, x0_prev, t_last, clip_x0, dynamic_threshold,
+                     out, x0_out, backend, _check_sde_noise(noise))
+
+
+def cfg_dpmpp_2m_sde_step(x_t, eps_uncond, eps_cond, scale: float, alphas_cumprod, t: Timestep, t_prev: Timestep,
+                          noise, *, x0_prev=None, t_last: Optional[Timestep] = None, clip_x0: Optional[float] = None,
+                          dynamic_threshold: Optional[Tuple[float, float]] = None, out=None, x0_out=None,
+                          backend: str = "auto"):
+    """CFG combine (``eps_u + scale (eps_c - eps_u)``, kept in float32) and :func:`dpmpp_2m_sde_step` in one pass."""
+    scale = _check_scalar("scale", scale)
+    if eps_cond is None:
+        raise ArgumentTypeError("eps_cond must be a torch.Tensor, got NoneType")
+    return _dpmpp_2m(x_t, eps_uncond, eps_cond, scale, alphas_cumprod, t, t_prev, x0_prev, t_last, clip_x0,
+                     dynamic_threshold, out, x0_out, backend, _check_sde_noise(noise))
 
 
 def _unipc(x_t, eps_u, eps_c, scale, alphas_cumprod, t, t_prev, x0_prev, t_last, x_last, x0_prev2, t_last2,
@@ -787,5 +828,5 @@ __all__ = [
     "flow_interpolate", "euler_step", "add_gaussian_noise",
     "add_noise", "predict_x0", "cfg_combine", "ddpm_step", "cfg_ddpm_step", "ddim_step", "cfg_ddim_step",
     "gaussian_blur", "highpass", "hybrid_combine", "masked_project", "available_backends",
-    "dpmpp_2m_step", "cfg_dpmpp_2m_step", "unipc_step", "cfg_unipc_step", "heun_step",
+    "dpmpp_2m_step", "cfg_dpmpp_2m_step", "dpmpp_2m_sde_step", "cfg_dpmpp_2m_sde_step", "unipc_step", "cfg_unipc_step", "heun_step",
 ]

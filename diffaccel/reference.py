@@ -221,27 +221,28 @@ def _f32(v, ndim):
 
 
 def dpmpp_2m_step(x_t, eps, alphas_cumprod, t, t_prev, x0_prev=None, t_last=None, clip_x0=None,
-                  dynamic_threshold=None):
+                  dynamic_threshold=None, noise=None):
     """DPM-Solver++(2M) t -> t_prev, data prediction, midpoint form (Lu et al. 2022, Alg. 2).
 
     ``x0 = thr((x_t - s(t) eps) / a(t))``, ``h = lam(t_prev) - lam(t)``; first order (no
     ``x0_prev``, or ``t_prev = -1``): ``D = x0``; second order, with ``x0_prev`` the x0 at
     ``t_last > t``: ``r = (lam(t) - lam(t_last)) / h``, ``D = (1 + 1/(2r)) x0 - 1/(2r) x0_prev``;
-    ``x_prev = (s(t_prev) / s(t)) x_t - a(t_prev) expm1(-h) D``. Returns ``(x_prev, x0)``.
+    ``x_prev = (s(t_prev) / s(t)) x_t - a(t_prev) expm1(-h) D``.
+
+    With ``noise`` (a N(0, I) draw): SDE-DPM-Solver++(2M) (Lu et al. 2022, appendix; diffusers'
+    ``algorithm_type="sde-dpmsolver++"``), the same ``D`` in
+    ``x_prev = (s(t_prev) / s(t)) e^-h x_t - a(t_prev) expm1(-2h) D + s(t_prev) sqrt(-expm1(-2h)) noise``
+    (first order it is the DDPM posterior step with x0 = D). At ``t_prev = -1`` both forms return
+    ``D = x0``. Returns ``(x_prev, x0)``.
     """
     nd = x_t.ndim
     x0 = _thresholded_x0(x_t, eps, alphas_cumprod, t, clip_x0, dynamic_threshold)
-    a_t, s_t, l_t = alpha_sigma_lambda(alphas_cumprod, t)
-    a_p, s_p, l_p = alpha_sigma_lambda(alphas_cumprod, t_prev)
-    h = l_p - l_t
-    d = x0
-    if x0_prev is not None:
-        _, _, l_l = alpha_sigma_lambda(alphas_cumprod, t_last)
-        r = (l_t - l_l) / h
-        k = torch.where(t_prev >= 0, 0.5 / r, torch.zeros_like(r))  # t_prev = -1: first order
-        k = _f32(k, nd)
-        d = (1 + k) * x0 - k * x0_prev.float()
-    x_prev = _f32(s_p / s_t, nd) * x_t.float() - _f32(a_p * torch.expm1(-h), nd) * d
+    w = solver_weights(alphas_cumprod, t, t_prev, t_last if x0_prev is not None else None, sde=noise is not None)
+    _, _, _, _, ps, pa, pk, pn = (_per_sample(w[:, i], nd) for i in range(8))
+    d = x0 if x0_prev is None else x0 + pk * (x0_prev.float() - x0)
+    x_prev = ps * x_t.float() - pa * d
+    if noise is not None:
+        x_prev = x_prev + pn * noise.float()
     return x_prev.to(x_t.dtype), x0.to(x_t.dtype)
 
 
@@ -266,13 +267,15 @@ def unipc_bh2_corrector_weights(h, rk=None):
 
 
 def solver_weights(alphas_cumprod, t, t_prev, t_last=None, t_last2=None, corrector: bool = False,
-                   second_order: bool = True) -> torch.Tensor:
+                   second_order: bool = True, sde: bool = False) -> torch.Tensor:
     """The per-sample weights of :func:`unipc_step` (and :func:`dpmpp_2m_step`, its predictor
-    without corrector) as a float32 ``[N, 7]`` tensor ``(cs, ca, r1, rt, ps, pa, pk)``, computed
-    in float64 (the fused kernels use these; csrc/schedule.h computes the same on the host):
-    ``x_corr = cs x_last - ca (m0 + r1 (m1 - m0) + rt (x0 - m0))`` (with ``corrector``; order 2
-    when ``t_last2`` is given), ``x_prev = ps x_corr - pa (x0 + pk (x0_prev - x0))`` (``pk = 0``:
-    first order, always at ``t_prev = -1``).
+    without corrector) as a float32 ``[N, 8]`` tensor ``(cs, ca, r1, rt, ps, pa, pk, pn)``,
+    computed in float64 (the fused kernels use these; csrc/schedule.h computes the same on the
+    host): ``x_corr = cs x_last - ca (m0 + r1 (m1 - m0) + rt (x0 - m0))`` (with ``corrector``;
+    order 2 when ``t_last2`` is given), ``x_prev = ps x_corr - pa (x0 + pk (x0_prev - x0)) + pn noise``
+    (``pk = 0``: first order, always at ``t_prev = -1``). ``pn = 0`` unless ``sde``, which gives
+    SDE-DPM-Solver++'s ``ps = (s(t_prev)/s(t)) e^-h``, ``pa = a(t_prev) expm1(-2h)``,
+    ``pn = s(t_prev) sqrt(-expm1(-2h))``.
     """
     a_t, s_t, l_t = alpha_sigma_lambda(alphas_cumprod, t)
     zero = torch.zeros_like(l_t)
@@ -293,7 +296,11 @@ def solver_weights(alphas_cumprod, t, t_prev, t_last=None, t_last2=None, correct
     if second_order and t_last is not None:
         rk = (alpha_sigma_lambda(alphas_cumprod, t_last)[2] - l_t) / h
         pk = torch.where(t_prev >= 0, 0.5 / rk, zero)  # t_prev = -1: first order
-    return torch.stack([cs, ca, r1, rt, s_p / s_t, a_p * torch.expm1(-h), pk], dim=1).to(torch.float32)
+    if sde:  # t_prev = -1: h = inf, so ps = 0, pa = -1, pn = 0 (x_prev = D), as the ODE form
+        ps, pa, pn = s_p / s_t * torch.exp(-h), a_p * torch.expm1(-2 * h), s_p * (-torch.expm1(-2 * h)).sqrt()
+    else:
+        ps, pa, pn = s_p / s_t, a_p * torch.expm1(-h), zero
+    return torch.stack([cs, ca, r1, rt, ps, pa, pk, pn], dim=1).to(torch.float32)
 
 
 def unipc_step(x_t, eps, alphas_cumprod, t, t_prev, x0_prev=None, t_last=None, x_last=None, x0_prev2=None,
@@ -315,7 +322,7 @@ def unipc_step(x_t, eps, alphas_cumprod, t, t_prev, x0_prev=None, t_last=None, x
     w = solver_weights(alphas_cumprod, t, t_prev, t_last if x0_prev is not None else None,
                        t_last2 if x0_prev2 is not None else None, corrector=x_last is not None,
                        second_order=predictor_order == 2)
-    cs, ca, r1, rt, ps, pa, pk = (_per_sample(w[:, i], nd) for i in range(7))
+    cs, ca, r1, rt, ps, pa, pk, _ = (_per_sample(w[:, i], nd) for i in range(8))
     x_corr = x_t.float()
     if x_last is not None:
         m0 = x0_prev.float()

@@ -14,8 +14,8 @@ step is computed:
 
 * the math is :mod:`diffaccel.functional` (one fused kernel per step where the config allows:
   ``ddpm_step`` with the variance / thresholding / clipping options, ``ddim_step``,
-  ``dpmpp_2m_step``, ``unipc_step``). Configs no kernel takes (solver order 3, the SDE and
-  noise-prediction DPM-Solver variants, UniPC "bh1", Karras / Lu / exponential / beta sigma
+  ``dpmpp_2m_step`` / ``dpmpp_2m_sde_step``, ``unipc_step``). Configs no kernel takes (solver order
+  3, ``sde-dpmsolver`` and the other noise-prediction DPM-Solver variants, UniPC "bh1", Karras / Lu / exponential / beta sigma
   spacings, whose sigmas are not ``abar`` at integer timesteps) step on a general path in plain
   torch: the solver's update as per-step coefficients computed on the host in float64;
 * everything that depends only on the schedule is prepared on the host in ``set_timesteps``
@@ -989,12 +989,13 @@ class _MultistepScheduler(_DropInScheduler):
 class DPMSolverMultistepScheduler(_MultistepScheduler):
     """diffusers' ``DPMSolverMultistepScheduler`` (DPM-Solver and DPM-Solver++, Lu et al. 2022a/b).
 
-    Same arguments and config as diffusers 0.42.1. DPM-Solver++ (data prediction, "midpoint"),
-    orders 1-2, ``prediction_type="epsilon"`` (learned-variance outputs included), with or without
-    dynamic thresholding, on a schedule whose sigmas sit at integer timesteps (no Karras / Lu /
-    exponential / beta spacing) steps as one :func:`diffaccel.functional.dpmpp_2m_step`
-    (Lu et al. 2022b, Alg. 2). Every other config (order 3, "heun", the SDE variants, the
-    noise-prediction "dpmsolver" types, other prediction types and spacings) steps on the general
+    Same arguments and config as diffusers 0.42.1. DPM-Solver++ and SDE-DPM-Solver++ (data
+    prediction, "midpoint"), orders 1-2, ``prediction_type="epsilon"`` (learned-variance outputs
+    included), with or without dynamic thresholding, on a schedule whose sigmas sit at integer
+    timesteps (no Karras / Lu / exponential / beta spacing) steps as one
+    :func:`diffaccel.functional.dpmpp_2m_step` (Lu et al. 2022b, Alg. 2) or
+    :func:`~diffaccel.functional.dpmpp_2m_sde_step` (the noise drawn where diffusers draws it).
+    Every other config (order 3, "heun", "sde-dpmsolver", the noise-prediction "dpmsolver" types, other prediction types and spacings) steps on the general
     path: the solver's update as per-step coefficients computed on the host in float64, applied in
     float32 with plain torch. Not supported (raise): flow sigmas / flow prediction / dynamic shifting.
     """
@@ -1132,7 +1133,8 @@ class DPMSolverMultistepScheduler(_MultistepScheduler):
 
     def _fused_ok(self, order: int, sample: torch.Tensor) -> Optional[dict]:
         c = self.config
-        if (not self.use_fused_ops or self._grid is None or order > 2 or c.algorithm_type != "dpmsolver++" or c.solver_type != "midpoint"
+        if (not self.use_fused_ops or self._grid is None or order > 2 or c.algorithm_type not in ("dpmsolver++", "sde-dpmsolver++")
+                or c.solver_type != "midpoint"
                 or c.prediction_type != "epsilon" or sample.ndim != 4):
             return None
         return self._fused_bounds()
@@ -1145,24 +1147,29 @@ class DPMSolverMultistepScheduler(_MultistepScheduler):
         k = self._begin_step(timestep)
         order = self._order(k)
         bounds = self._fused_ok(order, sample)
+        sde = self.config.algorithm_type.startswith("sde")
+        noise = None
+        if sde:  # drawn where diffusers draws it (every step, float32), so a generator gives its samples
+            noise = variance_noise.to(device=sample.device, dtype=torch.float32) if variance_noise is not None else \
+                randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=torch.float32)
         if bounds is not None:
             grid, abar = self._grid, self._tables(sample.device)
             second = order == 2
-            prev_sample, x0 = F.dpmpp_2m_step(
-                sample, self._split_eps(model_output, sample), abar, grid[k], grid[k + 1],
-                x0_prev=self.model_outputs[-1] if second else None, t_last=grid[k - 1] if second else None, **bounds)
+            kw = dict(x0_prev=self.model_outputs[-1] if second else None, t_last=grid[k - 1] if second else None,
+                      **bounds)
+            eps = self._split_eps(model_output, sample)
+            if sde:
+                prev_sample, x0 = F.dpmpp_2m_sde_step(sample, eps, abar, grid[k], grid[k + 1],
+                                                      noise.to(sample.dtype), **kw)
+            else:
+                prev_sample, x0 = F.dpmpp_2m_step(sample, eps, abar, grid[k], grid[k + 1], **kw)
             self._push(x0)
         else:
-            sde = self.config.algorithm_type.startswith("sde")
             if self.config.algorithm_type.endswith("++"):
                 m = self._data_prediction(model_output, sample, k)
             else:
                 m = self._noise_prediction(model_output, sample, k)
             self._push(m)
-            noise = None
-            if sde:
-                noise = variance_noise.to(device=m.device, dtype=torch.float32) if variance_noise is not None else \
-                    randn_tensor(m.shape, generator=generator, device=m.device, dtype=torch.float32)
             cx, cm, cn = self._coefficients(k, order)
             hist = self.model_outputs[::-1]  # m_k, m_{k-1}, m_{k-2}
             prev_sample = self._combine([(cx, sample)] + list(zip(cm, hist)) + [(cn, noise)], m.dtype)

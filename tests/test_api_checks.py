@@ -88,7 +88,8 @@ def test_sample_indices_are_32_bit(ddpm):
 
 
 # ----------------------------------------------------------------------------- num_steps, every kind
-@pytest.mark.parametrize("kind,sampler", [("ddpm", "ddpm"), ("ddpm", "ddim"), ("ddpm", "dpmpp_2m"), ("ddpm", "unipc"),
+@pytest.mark.parametrize("kind,sampler", [("ddpm", "ddpm"), ("ddpm", "ddim"), ("ddpm", "dpmpp_2m"),
+                                          ("ddpm", "dpmpp_2m_sde"), ("ddpm", "unipc"),
                                           ("flow", "euler"), ("flow", "heun")])
 @pytest.mark.parametrize("num_steps,err", [(0, ArgumentError), (-5, ArgumentError), (2.5, ArgumentTypeError),
                                            (True, ArgumentTypeError), ("4", ArgumentTypeError)])

@@ -607,7 +607,8 @@ def test_fuzz_filters_and_combines(data, shape, dtype, backend, op):
 
 @_FUZZ
 @given(data=st.data(), shape=_SHAPES, backend=st.sampled_from(BACKENDS),
-       op=st.sampled_from(["dpmpp_2m_step", "unipc_step", "cfg_dpmpp_2m_step", "cfg_unipc_step"]))
+       op=st.sampled_from(["dpmpp_2m_step", "unipc_step", "cfg_dpmpp_2m_step", "cfg_unipc_step", "dpmpp_2m_sde_step",
+                           "cfg_dpmpp_2m_sde_step"]))
 def test_fuzz_solver_steps(data, shape, backend, op):
     dtype = torch.float32
     x = data.draw(_image(shape, dtype), "x_t")
@@ -622,19 +623,22 @@ def test_fuzz_solver_steps(data, shape, backend, op):
     cfg = op.startswith("cfg_")
     scale = data.draw(_scalars, "scale") if cfg else 1.0
     fn = getattr(F, op)
-    base = getattr(ref, op.removeprefix("cfg_"))
+    base = getattr(ref, op.removeprefix("cfg_").replace("_sde", ""))
+    sde = "_sde" in op  # SDE-DPM-Solver++(2M): the reference's dpmpp_2m_step with noise
+    z = data.draw(_image(shape, dtype), "noise") if sde else None
 
     def call():
         lead = (x, e, x, scale) if cfg else (x, e)
-        return fn(*lead, ABAR, t, t_prev, x0_prev=x0_prev, t_last=t_last, backend=backend, **thr)
+        return fn(*lead, ABAR, t, t_prev, *((z,) if sde else ()), x0_prev=x0_prev, t_last=t_last, backend=backend,
+                  **thr)
 
     def want():
         eps = ref.cfg_combine(e.float(), x.float(), float(scale)) if cfg else e
         res = base(x, eps, ABAR, _long(t, n), _long(t_prev, n), x0_prev=x0_prev,
-                   t_last=None if t_last is None else _long(t_last, n), **thr)
+                   t_last=None if t_last is None else _long(t_last, n), **({"noise": z} if sde else {}), **thr)
         return res
 
-    _call_checked(call, want, _finite(x, e, x0_prev))
+    _call_checked(call, want, _finite(x, e, x0_prev, z))
 
 
 @_FUZZ

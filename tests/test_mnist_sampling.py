@@ -161,7 +161,7 @@ def test_multistep_solvers_do_not_spend_an_evaluation_at_t0(tiny_runs):
     assert S.solver_timesteps(300, 5) == [299, 239, 179, 120, 60]
     assert S.solver_timesteps(300, 300) == list(range(299, -1, -1))
     m = P.MNISTDiffusion.from_train_dir(tiny_runs["ddpm_class"])
-    for sampler in ("dpmpp_2m", "unipc"):
+    for sampler in ("dpmpp_2m", "dpmpp_2m_sde", "unipc"):
         seen = []
         S.sample(m, labels=[1], num_steps=5, sampler=sampler, callback=lambda d: seen.append((d["t"], d["t_prev"])))
         assert [t for t, _ in seen] == [299, 239, 179, 120, 60] and seen[-1][1] == -1, (sampler, seen)
@@ -304,6 +304,7 @@ def test_cuda_graph_needs_cuda(tiny_runs):
 @pytest.mark.parametrize("name,kw", [("ddpm_class", {}), ("ddpm_class", dict(num_steps=10, sampler="ddim")),
                                      ("ddpm_class", dict(num_steps=10, sampler="dpmpp_2m")),
                                      ("ddpm_class", dict(num_steps=10, sampler="unipc")),
+                                     ("ddpm_time", dict(num_steps=10, sampler="dpmpp_2m_sde")),
                                      ("flow_class", dict(num_steps=12)), ("flow_class", dict(num_steps=6, sampler="heun"))])
 def test_cuda_sampling_never_syncs_and_graph_replays_the_same(tiny_runs, name, kw):
     m = P.MNISTDiffusion.from_train_dir(tiny_runs[name]).to("cuda")

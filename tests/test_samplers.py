@@ -112,6 +112,26 @@ def dpmpp_2m64(x, ts):
     return x
 
 
+def dpmpp_2m_sde64(x, ts, zs):
+    """Lu et al. 2022 (DPM-Solver++), SDE-DPM-Solver++(2M): the multistep D of Algorithm 2 in the
+    exponential integrator of the data-prediction SDE, x_{t'} = (s'/s) e^-h x + a' (1 - e^-2h) D
+    + s' sqrt(1 - e^-2h) z, one draw per step that does not land on the clean image."""
+    x, j = x.double(), 0
+    prev = None
+    for t, tp in zip(ts, ts[1:]):
+        a_p, s_p = _as(tp)
+        _, s_t = _as(t)
+        h = lam64(tp) - lam64(t)
+        x0 = x0_64(x, t)
+        d = x0 if prev is None or tp < 0 else (1 + 1 / (2 * prev[1] / h)) * x0 - 1 / (2 * prev[1] / h) * prev[0]
+        x = s_p / s_t * torch.exp(-h) * x + a_p * (1 - torch.exp(-2 * h)) * d
+        if tp >= 0:
+            x = x + s_p * (1 - torch.exp(-2 * h)).sqrt() * zs[j].double()
+            j += 1
+        prev = (x0, h)
+    return x
+
+
 def unipc64(x, ts, lower_order_final=True):
     """Zhao et al. 2023 (UniPC), UniP-2 + UniC with B(h) = e^h - 1 (bh2), data prediction; the
     rho's from the linear system R rho = b of the paper (solved numerically here)."""
@@ -222,6 +242,32 @@ def test_deterministic_solvers_match_their_papers(name, ref):
     assert (got.double() - ddim64(x_T(), ts)).abs().max() > 1e-4 or name == "ddim"
 
 
+def test_dpmpp_2m_sde_matches_lu_et_al():
+    ts = strided(10)
+    zs = torch.randn(10, 3, 1, 4, 4, generator=torch.Generator().manual_seed(5))
+    got = S.sample_dpmpp_2m_sde(toy_model, x_T(), ts, ABAR, noise=zs)
+    torch.testing.assert_close(got.double(), dpmpp_2m_sde64(x_T(), ts, zs), atol=2e-5, rtol=1e-5)
+    assert (got - S.sample_dpmpp_2m(toy_model, x_T(), ts, ABAR)).abs().max() > 1e-2  # really stochastic
+    # onto the clean image the last step draws nothing: 9 draws for 10 steps ending at -1
+    ts_final = strided(10)[:-1] + [-1]
+    got = S.sample_dpmpp_2m_sde(toy_model, x_T(), ts_final, ABAR, noise=zs[:9])
+    torch.testing.assert_close(got.double(), dpmpp_2m_sde64(x_T(), ts_final, zs), atol=2e-5, rtol=1e-5)
+
+
+def test_dpmpp_2m_sde_samples_the_data_distribution():
+    """The toy's data are N(MU, SD^2) per pixel: 20 SDE steps from 4,000 starts land on that
+    distribution (a wrong noise scale or drift moves the mean or the spread)."""
+    x = torch.randn(4000, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    got = S.sample_dpmpp_2m_sde(toy_model, x, strided(20)[:-1] + [-1], ABAR, noise=torch.Generator().manual_seed(4))
+    mean, sd = got.double().mean(0, keepdim=True), got.double().std(0, keepdim=True)
+    assert (mean - MU).abs().max() < 0.04, (mean - MU).abs().max()
+    assert (sd - SD).abs().max() < 0.04, (sd - SD).abs().max()
+    # the same check sees a sampler without its noise: the ODE's endpoint keeps the spread, the
+    # SDE's posterior mean alone (noise zero) shrinks it
+    shrunk = S.sample_dpmpp_2m_sde(toy_model, x, strided(20)[:-1] + [-1], ABAR, noise=torch.zeros(19, *x.shape))
+    assert (shrunk.double().std(0) - SD).abs().max() > 0.1
+
+
 def test_unipc_without_lower_order_final():
     ts = strided(8)
     got = S.sample_unipc(toy_model, x_T(), ts, ABAR, lower_order_final=False)
@@ -262,6 +308,31 @@ def test_matches_diffusers_scheduler(cls_name, name, kw, thresholding):
         want = sched.step(model(want, int(t)), t, want).prev_sample
     ts = [int(t) for t in sched.timesteps] + [-1]
     got = S.get_sampler(name)(model, x, ts, abar, dynamic_threshold=(0.9, 1.2) if thresholding else None)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("thresholding", [False, True])
+def test_dpmpp_2m_sde_matches_diffusers_scheduler(thresholding):
+    """Drop-in: a generator seeded the same in both gives diffusers' ``sde-dpmsolver++`` samples
+    (both draw float32 N(0, I) of the sample's shape per step, diffusers once more at the end)."""
+    diffusers = pytest.importorskip("diffusers")
+    T = 1000
+    abar = ddpm_linear_schedule(T)[2]
+
+    def model(x, t):
+        return toy_eps(x, t, abar.double()).float()
+
+    thr = dict(thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=1.2) if thresholding else {}
+    sched = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=T, beta_schedule="linear",
+                                                  algorithm_type="sde-dpmsolver++", solver_order=2, **thr)
+    sched.set_timesteps(10)
+    x = x_T() * 1.5
+    want, g = x.clone(), torch.Generator().manual_seed(11)
+    for t in sched.timesteps:
+        want = sched.step(model(want, int(t)), t, want, generator=g).prev_sample
+    ts = [int(t) for t in sched.timesteps] + [-1]
+    got = S.sample_dpmpp_2m_sde(model, x, ts, abar, noise=torch.Generator().manual_seed(11),
+                                dynamic_threshold=(0.9, 1.2) if thresholding else None)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -329,7 +400,7 @@ def test_noise_sources_and_batch_independence():
         S.sample_ddpm(toy_model, x0, ts, ABAR, noise=3)
 
 
-@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpmpp_2m", "unipc"])
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "unipc"])
 def test_callback_contents(name):
     ts = strided(5)
     seen = []
@@ -344,7 +415,7 @@ def test_callback_contents(name):
     assert torch.equal(seen[-1]["x"], got)
     # x0_hat of step 0 is the data prediction at x_T (the toy's is known in closed form)
     torch.testing.assert_close(seen[0]["x0_hat"].double(), x0_64(x.double(), ts[0]), atol=1e-5, rtol=1e-5)
-    if name == "ddpm":
+    if name in ("ddpm", "dpmpp_2m_sde"):
         assert all("noise" in d for d in seen)
 
 
@@ -355,7 +426,7 @@ def test_flow_callback_x0_hat():
     torch.testing.assert_close(seen[0].double(), x_T().double() + flow_v(x_T(), 0.0), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpmpp_2m", "unipc", "euler", "heun"])
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "unipc", "euler", "heun"])
 def test_out_buffer_is_reused(name, monkeypatch):
     """The loop runs in ``out``; the number of image-sized allocations does not grow with the steps."""
     flow = name in S.FLOW_SAMPLERS
@@ -365,7 +436,8 @@ def test_out_buffer_is_reused(name, monkeypatch):
     def run(n, out=None, cb=None):
         sched = S.flow_times(n) if flow else strided(n)
         args = (model, x_T(), sched) if flow else (model, x_T(), sched, ABAR)
-        return fn(*args, out=out, callback=cb)
+        noisy = {"noise": torch.Generator().manual_seed(0)} if name == "dpmpp_2m_sde" else {}
+        return fn(*args, out=out, callback=cb, **noisy)
 
     out = torch.empty(3, 1, 4, 4)
     ptrs = []
@@ -387,13 +459,16 @@ def test_out_buffer_is_reused(name, monkeypatch):
     assert counts[0] == counts[1], counts
     x = x_T()
     same = fn(model, x, S.flow_times(3), out=x) if flow else fn(model, x, strided(3), ABAR, out=x)
+    if name == "dpmpp_2m_sde":  # a generator's draws go into one buffer made once per call
+        assert counts[0] == counts[1]
     assert same is x  # out=x: in place on the start sample
 
 
 @pytest.mark.parametrize("name,kw", [
     ("ddpm", {}), ("ddpm", dict(variance="learned_range")), ("ddpm", dict(dynamic_threshold=(0.95, 1.5))),
     ("ddim", {}), ("ddim", dict(eta=1.0)), ("dpmpp_2m", {}), ("dpmpp_2m", dict(dynamic_threshold=(0.95, 1.5))),
-    ("dpmpp_2m", dict(clip_x0=1.0)), ("unipc", {}), ("unipc", dict(dynamic_threshold=(0.95, 1.5))),
+    ("dpmpp_2m", dict(clip_x0=1.0)), ("dpmpp_2m_sde", {}), ("dpmpp_2m_sde", dict(dynamic_threshold=(0.95, 1.5))),
+    ("unipc", {}), ("unipc", dict(dynamic_threshold=(0.95, 1.5))),
     ("euler", {}), ("heun", {})])
 @pytest.mark.parametrize("guided", [False, True])
 def test_loops_never_read_a_value_back(name, kw, guided):
@@ -419,7 +494,8 @@ def test_loops_never_read_a_value_back(name, kw, guided):
     if flow:
         out = S.get_sampler(name)(model, x, S.flow_times(4), callback=callback, **kw)
     else:
-        kw = dict(kw, noise=torch.zeros(5, *x.shape, device="meta")) if name == "ddpm" or kw.get("eta") else kw
+        noisy = name in ("ddpm", "dpmpp_2m_sde") or kw.get("eta")
+        kw = dict(kw, noise=torch.zeros(5, *x.shape, device="meta")) if noisy else kw
         out = S.get_sampler(name)(model, x, strided(5), ABAR.to("meta"), callback=callback, backend="torch", **kw)
     assert out.device.type == "meta" and out.shape == x.shape
     assert seen == ["meta"] * (4 if flow else 5)
@@ -444,11 +520,13 @@ def test_cfg_wrapper_equals_manual_combine():
         return u + g * ((u + 0.1) - u)
 
     ts = strided(8)
-    for name in ("ddpm", "ddim", "dpmpp_2m", "unipc"):
-        a = S.get_sampler(name)(S.cfg(forward, g), x_T(), ts, ABAR)
-        b = S.get_sampler(name)(combined, x_T(), ts, ABAR)
+    for name in ("ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "unipc"):
+        def run(model):
+            kw = {"noise": torch.Generator().manual_seed(0)} if name == "dpmpp_2m_sde" else {}
+            return S.get_sampler(name)(model, x_T(), ts, ABAR, **kw)
+        a, b = run(S.cfg(forward, g)), run(combined)
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
-        assert (a - S.get_sampler(name)(toy_model, x_T(), ts, ABAR)).abs().max() > 1e-2
+        assert (a - run(toy_model)).abs().max() > 1e-2
     # the variance rides along from the conditional block
     out = S.cfg(lambda x2, t: S.Output(toy_model(x2, t), torch.arange(6.0).reshape(6, 1, 1, 1).expand_as(x2)), g)(
         x_T(), 10)
@@ -511,7 +589,8 @@ def test_mnist_sampler_validation(tiny):
     assert MS.resolve_sampler(ddpm, None) == "ddpm" and MS.resolve_sampler(flow, None) == "euler"
 
 
-@pytest.mark.parametrize("kind,sampler", [("ddpm", "dpmpp_2m"), ("ddpm", "unipc"), ("flow", "heun")])
+@pytest.mark.parametrize("kind,sampler", [("ddpm", "dpmpp_2m"), ("ddpm", "dpmpp_2m_sde"), ("ddpm", "unipc"),
+                                         ("flow", "heun")])
 def test_mnist_new_samplers(tiny, kind, sampler):
     """The new samplers through mnist.sample: guided (CPU shared-work wrapper) equals the batched
     CFG wrapper, per-sample noise (a digit does not depend on its batch), steps as asked."""
@@ -560,7 +639,7 @@ def test_sdedit_with_ten_step_solvers(tiny):
     ts10 = T.strided_timesteps(start=290, stride=29, num_train_timesteps=300)  # 290, 261, .., 0: 10 steps
     assert len(ts10) == 11
     img = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    for sampler in ("dpmpp_2m", "unipc"):
+    for sampler in ("dpmpp_2m", "dpmpp_2m_sde", "unipc"):
         out = T.sdedit(den, img, (3, 7), 4, ts10, 5.0, torch.Generator().manual_seed(1), sampler=sampler)
         noised = T.forward(den, img, ts10[3], torch.Generator().manual_seed(1))
         for i, res in out.items():
@@ -590,7 +669,7 @@ def test_inpaint_and_anagram_wrappers_with_solvers(tiny):
     mask = torch.zeros(28, 28)
     mask[8:20, 8:20] = 1
     abar = den.alphas_cumprod
-    for sampler in ("dpmpp_2m", "unipc"):
+    for sampler in ("dpmpp_2m", "dpmpp_2m_sde", "unipc"):
         def check(info):
             a = abar[info["t_prev"]]
             renoised = a.sqrt() * (img + 1) / 2 + (1 - a).sqrt() * info["projection_noise"]

@@ -210,6 +210,10 @@ FUSED_CONFIGS = [
     # second order up to the last step, which lands on abar[0] (t_prev = 0, not the final -1)
     (S.DPMSolverMultistepScheduler, dict(final_sigmas_type="sigma_min", lower_order_final=False, **THRESH)),
     (S.UniPCMultistepScheduler, dict(final_sigmas_type="sigma_min", lower_order_final=False, **THRESH)),
+    # SDE-DPM-Solver++(2M): the fused step with the scheduler's draws (the generator stream must match diffusers')
+    (S.DPMSolverMultistepScheduler, dict(solver_order=2, algorithm_type="sde-dpmsolver++")),
+    (S.DPMSolverMultistepScheduler, dict(solver_order=2, algorithm_type="sde-dpmsolver++", **THRESH,
+                                         final_sigmas_type="sigma_min", timestep_spacing="trailing")),
 ]
 
 
@@ -219,7 +223,8 @@ def test_fused_path_is_taken_and_matches(cls, cfg, steps, monkeypatch):
     """The common configs run on the fused ops (counted), and agree with the general path."""
     from diffaccel import functional as F
 
-    op = "dpmpp_2m_step" if cls is S.DPMSolverMultistepScheduler else "unipc_step"
+    op = "unipc_step" if cls is S.UniPCMultistepScheduler else \
+        "dpmpp_2m_sde_step" if cfg.get("algorithm_type") == "sde-dpmsolver++" else "dpmpp_2m_step"
     if not hasattr(F, op):
         pytest.skip(f"F.{op} is not in this checkout")
     calls = []

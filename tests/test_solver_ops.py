@@ -87,6 +87,22 @@ def _dpmpp_64(x, x0, abar, t, t_prev, x0_prev=None, t_last=None):
     return (s_t / s_0) * x - (a_t * math.expm1(-h)) * d0 - 0.5 * (a_t * math.expm1(-h)) * d1
 
 
+def _dpmpp_sde_64(x, x0, abar, t, t_prev, noise, x0_prev=None, t_last=None):
+    """SDE-DPM-Solver++(2M) as diffusers' ``dpm_solver_first_order_update`` /
+    ``multistep_dpm_solver_second_order_update`` with ``algorithm_type="sde-dpmsolver++"`` (midpoint)."""
+    a_t, s_t, l_t = _als64(abar, t_prev)
+    _, s_0, l_0 = _als64(abar, t)
+    h = l_t - l_0
+    e_h, e_2h = math.exp(-h), math.exp(-2.0 * h)
+    if x0_prev is None or t_prev < 0:
+        return (s_t / s_0 * e_h) * x + (a_t * (1 - e_2h)) * x0 + s_t * math.sqrt(1.0 - e_2h) * noise
+    _, _, l_1 = _als64(abar, t_last)
+    r0 = (l_0 - l_1) / h
+    d0, d1 = x0, (1.0 / r0) * (x0 - x0_prev)
+    return ((s_t / s_0 * e_h) * x + (a_t * (1 - e_2h)) * d0 + 0.5 * (a_t * (1 - e_2h)) * d1
+            + s_t * math.sqrt(1.0 - e_2h) * noise)
+
+
 def _uni_p_64(x, ms, ts, abar, t_prev, order):
     """diffusers' ``multistep_uni_p_bh_update`` (bh2, predict_x0) with history ms/ts, newest last."""
     a_t, s_t, l_t = _als64(abar, t_prev)
@@ -165,6 +181,43 @@ def test_dpmpp_reference_matches_float64_transcription(t, t_prev, t_last):
     want = _dpmpp_64(x.double(), x0_64, abar, t, t_prev, None if t_last is None else x0p.double(), t_last)
     torch.testing.assert_close(x0.double(), x0_64, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("t,t_prev,t_last", [(500, 450, 550), (40, 10, 70), (10, -1, 40), (999, 966, None),
+                                             (20, 0, 51), (900, 100, 999)])
+def test_dpmpp_sde_reference_matches_float64_transcription(t, t_prev, t_last):
+    abar = _abar()
+    shape = (2, 3, 9, 7)
+    x, eps, x0p, z = _rnd(shape, 1), _rnd(shape, 2), _rnd(shape, 3), _rnd(shape, 4)
+    n = shape[0]
+    got, x0 = ref.dpmpp_2m_step(x, eps, abar, _long(t, n), _long(t_prev, n), noise=z,
+                                x0_prev=None if t_last is None else x0p,
+                                t_last=None if t_last is None else _long(t_last, n))
+    x0_64 = _x0_64(x.double(), eps.double(), abar, t)
+    want = _dpmpp_sde_64(x.double(), x0_64, abar, t, t_prev, z.double(), None if t_last is None else x0p.double(),
+                         t_last)
+    torch.testing.assert_close(x0.double(), x0_64, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4)
+    ode, _ = ref.dpmpp_2m_step(x, eps, abar, _long(t, n), _long(t_prev, n),
+                               x0_prev=None if t_last is None else x0p,
+                               t_last=None if t_last is None else _long(t_last, n))
+    if t_prev < 0:  # onto the clean image both forms return x0, whatever the noise
+        torch.testing.assert_close(got, ode, atol=0, rtol=0)
+    else:
+        assert (got - ode).abs().max() > 0.01
+
+
+@pytest.mark.parametrize("t,t_prev", [(500, 450), (40, 10), (999, 0), (20, 0)])
+def test_dpmpp_sde_first_order_is_the_ddpm_posterior_step(t, t_prev):
+    """SDE-DPM-Solver++(1) = ancestral DDPM with the posterior ("fixed_small") variance (Lu et al. 2022):
+    an independent check through ``reference.ddpm_step``."""
+    abar = _abar()
+    shape = (2, 3, 9, 7)
+    x, eps, z = _rnd(shape, 1), _rnd(shape, 2), _rnd(shape, 4)
+    tt, tp = _long(t, 2), _long(t_prev, 2)
+    got, _ = ref.dpmpp_2m_step(x, eps, abar, tt, tp, noise=z)
+    want = ref.ddpm_step(x, eps, abar, tt, tp, noise=z, variance="fixed_small")
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
 
 
 @pytest.mark.parametrize("t,t_prev,t_last,t_last2,corrector,order", [
@@ -246,6 +299,34 @@ def test_dpmpp_loop_matches_diffusers(thresholding, steps):
 
 @pytest.mark.parametrize("thresholding", [False, True], ids=["plain", "threshold"])
 @pytest.mark.parametrize("steps", [5, 12])
+def test_dpmpp_sde_loop_matches_diffusers(thresholding, steps):
+    """The whole SDE-DPM-Solver++(2M) loop against diffusers' scheduler, the same noise handed to both
+    (diffusers' ``variance_noise``)."""
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=T, beta_schedule="linear", solver_order=2, algorithm_type="sde-dpmsolver++",
+        solver_type="midpoint", lower_order_final=True, final_sigmas_type="zero", thresholding=thresholding,
+        dynamic_thresholding_ratio=0.9, sample_max_value=1.5)
+    x = _rnd((2, 3, 16, 16), 7) * 3
+    sched.set_timesteps(steps)
+    ts = [int(t) for t in sched.timesteps]
+    zs = [_rnd(x.shape, 100 + i) for i in range(len(ts))]
+    want = x.clone()
+    for i, t in enumerate(ts):
+        want = sched.step(_fake_model(want, t), t, want, variance_noise=zs[i]).prev_sample
+    abar = sched.alphas_cumprod.to(torch.float32)
+    x0_prev = t_last = None
+    for i, t in enumerate(ts):
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        x, x0_prev = F.dpmpp_2m_sde_step(x, _fake_model(x, t), abar, t, t_prev, zs[i], x0_prev=x0_prev,
+                                         t_last=t_last, dynamic_threshold=(0.9, 1.5) if thresholding else None,
+                                         backend="torch")
+        t_last = t
+    torch.testing.assert_close(x, want, atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.parametrize("thresholding", [False, True], ids=["plain", "threshold"])
+@pytest.mark.parametrize("steps", [5, 12])
 def test_unipc_loop_matches_diffusers(thresholding, steps):
     diffusers = pytest.importorskip("diffusers")
     sched = diffusers.UniPCMultistepScheduler(
@@ -280,6 +361,7 @@ class Inputs:
         self.x_t, self.eps, self.eps_u, self.eps_c = rnd(), rnd(), rnd(), rnd()
         self.x0_prev, self.x_last, self.x0_prev2 = rnd(2.0), rnd(), rnd(2.0)
         self.v, self.v_next = rnd(), rnd()
+        self.noise = rnd()
         self.abar = _abar(device)
         # per sample (t, t_prev, t_last, t_last2): an ordinary step, the last step (t_prev = -1),
         # a large step near T, small t
@@ -299,6 +381,12 @@ DPMPP_CASES = {
                                                  t_last=d.t_last, **kw),
     "cfg_second": lambda A, d, **kw: A.cfg_dpmpp_2m_step(d.x_t, d.eps_u, d.eps_c, 5.0, d.abar, d.t, d.t_prev,
                                                          x0_prev=d.x0_prev, t_last=d.t_last, **kw),
+    "sde_first": lambda A, d, **kw: A.dpmpp_2m_sde_step(d.x_t, d.eps, d.abar, d.t, d.t_prev, d.noise, **kw),
+    "sde_second": lambda A, d, **kw: A.dpmpp_2m_sde_step(d.x_t, d.eps, d.abar, d.t, d.t_prev, d.noise,
+                                                         x0_prev=d.x0_prev, t_last=d.t_last, **kw),
+    "cfg_sde_second": lambda A, d, **kw: A.cfg_dpmpp_2m_sde_step(d.x_t, d.eps_u, d.eps_c, 5.0, d.abar, d.t,
+                                                                 d.t_prev, d.noise, x0_prev=d.x0_prev,
+                                                                 t_last=d.t_last, **kw),
 }
 UNIPC_CASES = {
     "predictor1": lambda A, d, **kw: A.unipc_step(d.x_t, d.eps, d.abar, d.t, d.t_prev, **kw),
@@ -341,6 +429,14 @@ class RefAPI:
     def cfg_dpmpp_2m_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, **kw):
         eps = ref.cfg_combine(eps_u.float(), eps_c.float(), scale)
         return RefAPI.dpmpp_2m_step(x_t, eps, abar, t, t_prev, **kw)
+
+    @staticmethod
+    def dpmpp_2m_sde_step(x_t, eps, abar, t, t_prev, noise, **kw):
+        return RefAPI.dpmpp_2m_step(x_t, eps, abar, t, t_prev, noise=noise, **kw)
+
+    @staticmethod
+    def cfg_dpmpp_2m_sde_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, noise, **kw):
+        return RefAPI.cfg_dpmpp_2m_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, noise=noise, **kw)
 
     @staticmethod
     def unipc_step(x_t, eps, abar, t, t_prev, **kw):
@@ -455,6 +551,13 @@ def test_outputs_alias_inputs(device, backend, threshold, dtype):
     assert got[0] is x_t and got[1] is x0p
     _assert_results(got, want, dtype, threshold)
 
+    want = DPMPP_CASES["sde_second"](RefAPI, d, **kw)  # the noise buffer reused as the output
+    z, x0p = d.noise.clone(), d.x0_prev.clone()
+    got = F.dpmpp_2m_sde_step(d.x_t, d.eps, d.abar, d.t, d.t_prev, z, x0_prev=x0p, t_last=d.t_last, out=z,
+                              x0_out=x0p, backend=backend, **kw)
+    assert got[0] is z and got[1] is x0p
+    _assert_results(got, want, dtype, threshold)
+
     x, v, w = d.x_t.clone(), d.v, d.v_next
     want = ref.heun_step(x.float(), v.float(), w.float(), 0.1).to(dtype)
     torch.testing.assert_close(F.heun_step(x, v, w, 0.1, out=x, backend=backend), want,
@@ -468,6 +571,9 @@ def test_final_step_returns_x0(device, backend):
     x_prev, x0 = F.dpmpp_2m_step(d.x_t, d.eps, d.abar, 20, -1, x0_prev=d.x0_prev, t_last=50, backend=backend)
     torch.testing.assert_close(x_prev, x0, atol=1e-6, rtol=1e-6)
     x_prev, x0, _ = F.unipc_step(d.x_t, d.eps, d.abar, 20, -1, x0_prev=d.x0_prev, t_last=50, backend=backend)
+    torch.testing.assert_close(x_prev, x0, atol=1e-6, rtol=1e-6)
+    x_prev, x0 = F.dpmpp_2m_sde_step(d.x_t, d.eps, d.abar, 20, -1, d.noise * 100, x0_prev=d.x0_prev, t_last=50,
+                                     backend=backend)
     torch.testing.assert_close(x_prev, x0, atol=1e-6, rtol=1e-6)
 
 
@@ -497,6 +603,13 @@ BAD = [
      lambda d: F.dpmpp_2m_step(d.x_t, d.eps, d.abar, 5, 4, out=d.x_last, x0_out=d.x_last)),
     ("cfg scale", TypeError, "scale must be a number",
      lambda d: F.cfg_dpmpp_2m_step(d.x_t, d.eps_u, d.eps_c, "5", d.abar, 5, 4)),
+    ("sde noise None", TypeError, "noise must be a torch.Tensor",
+     lambda d: F.dpmpp_2m_sde_step(d.x_t, d.eps, d.abar, 5, 4, None)),
+    ("sde noise shape", ValueError, "noise must have shape",
+     lambda d: F.cfg_dpmpp_2m_sde_step(d.x_t, d.eps_u, d.eps_c, 2.0, d.abar, 5, 4, d.noise[:1])),
+    ("sde noise overlaps out", ValueError, "out partially overlaps noise",
+     lambda d: (lambda buf: F.dpmpp_2m_sde_step(d.x_t, d.eps, d.abar, 5, 4, buf[0:2], out=buf[1:3]))(
+         torch.zeros(3, 3, 8, 8))),
     ("cfg eps_cond None", TypeError, "eps_cond must be a torch.Tensor",
      lambda d: F.cfg_unipc_step(d.x_t, d.eps_u, None, 5.0, d.abar, 5, 4)),
     ("x_last without x0_prev", ValueError, "x_last needs x0_prev",
@@ -577,6 +690,8 @@ def _opcheck_cases():
                 yield "dpmpp_2m_step", (d.x_t, d.eps_u, cond, 3.0, d.abar, d.t, d.t_prev, None, None, *thr, o(), o())
                 yield "dpmpp_2m_step", (d.x_t, d.eps_u, cond, 3.0, d.abar, d.t, d.t_prev, d.x0_prev, d.t_last, *thr,
                                         o(), o())
+                yield "dpmpp_2m_step", (d.x_t, d.eps_u, cond, 3.0, d.abar, d.t, d.t_prev, d.x0_prev, d.t_last, *thr,
+                                        o(), o(), d.noise)
                 yield "unipc_step", (d.x_t, d.eps_u, cond, 3.0, d.abar, d.t, d.t_prev, d.x0_prev, d.t_last, d.x_last,
                                      d.x0_prev2, d.t_last2, 2, *thr, o(), o(), o())
             yield "unipc_step", (d.x_t, d.eps_u, cond, 3.0, d.abar, d.t, d.t_prev, None, None, None, None, None, 2,

@@ -1,4 +1,4 @@
-// CPU kernels of the multistep solvers: DPM-Solver++(2M) (Lu et al. 2022) and UniPC with
+// CPU kernels of the multistep solvers: DPM-Solver++(2M) and its SDE form (Lu et al. 2022) and UniPC with
 // B(h) = expm1(-h) (Zhao et al. 2023), data prediction, with the CFG combine and x0 clipping /
 // dynamic thresholding fused in, and the Heun step of flow matching. Semantics are exactly
 // diffaccel/reference.py's. A step is one pass over memory (two with dynamic thresholding, whose
@@ -34,13 +34,14 @@ struct SolverSample {
   SolverWeights w;
 };
 
-// in = {x_t, eps_u, eps_c, x0_prev, x_last, x0_prev2}; out = {x_prev, x0, x_corr}. Every input
-// of a vector is loaded before its outputs are stored (outputs may alias inputs).
-template <bool kCfg, int kMode>
-void solver_block(const std::array<const float*, 6>& in, const std::array<float*, 3>& out, int64_t n,
+// in = {x_t, eps_u, eps_c, x0_prev, x_last, x0_prev2, noise}; out = {x_prev, x0, x_corr}. Every
+// input of a vector is loaded before its outputs are stored (outputs may alias inputs). kNoise:
+// SDE-DPM-Solver++(2M)'s pn * noise (the predictor modes only; the weights say SDE).
+template <bool kCfg, int kMode, bool kNoise = false>
+void solver_block(const std::array<const float*, 7>& in, const std::array<float*, 3>& out, int64_t n,
                   const SolverSample& c, const fVec& g) {
   const fVec s1a(c.s1a), sa(c.sa), lo(c.lo), hi(c.hi), thr(c.thr);
-  const fVec cs(c.w.cs), ca(c.w.ca), r1(c.w.r1), rt(c.w.rt), ps(c.w.ps), pa(c.w.pa), pk(c.w.pk);
+  const fVec cs(c.w.cs), ca(c.w.ca), r1(c.w.r1), rt(c.w.rt), ps(c.w.ps), pa(c.w.pa), pk(c.w.pk), pn(c.w.pn);
   vloop(n, [&](int64_t i, int64_t r) {
     const fVec x = fVec::loadu(in[0] + i, r);
     const fVec u = fVec::loadu(in[1] + i, r);
@@ -50,6 +51,8 @@ void solver_block(const std::array<const float*, 6>& in, const std::array<float*
     if constexpr (kMode >= kPredictor2) m0 = fVec::loadu(in[3] + i, r);
     if constexpr (kMode >= kCorrector1) xl = fVec::loadu(in[4] + i, r);
     if constexpr (kMode == kCorrector2) m1 = fVec::loadu(in[5] + i, r);
+    fVec z(0.0f);
+    if constexpr (kNoise) z = fVec::loadu(in[6] + i, r);
 
     const fVec x0 = at::vec::clamp(fnmadd(s1a, e, x) / sa, lo, hi) / thr;
     fVec xc = x;
@@ -60,15 +63,21 @@ void solver_block(const std::array<const float*, 6>& in, const std::array<float*
     }
     fVec d = x0;
     if constexpr (kMode >= kPredictor2) d = fmadd(pk, m0 - x0, x0);
-    (ps * xc - pa * d).store(out[0] + i, r);
+    fVec y = ps * xc - pa * d;
+    if constexpr (kNoise) y = fmadd(pn, z, y);
+    y.store(out[0] + i, r);
     x0.store(out[1] + i, r);
     xc.store(out[2] + i, r);
   });
 }
 
 template <bool kCfg>
-void solver_block_any(const std::array<const float*, 6>& in, const std::array<float*, 3>& out, int64_t n,
+void solver_block_any(const std::array<const float*, 7>& in, const std::array<float*, 3>& out, int64_t n,
                       const SolverSample& c, const fVec& g, int mode) {
+  if (in[6] != nullptr) {  // noise: dpmpp_2m_step only, so no corrector
+    return mode == kFirstOrder ? solver_block<kCfg, kFirstOrder, true>(in, out, n, c, g)
+                               : solver_block<kCfg, kPredictor2, true>(in, out, n, c, g);
+  }
   switch (mode) {
     case kFirstOrder: return solver_block<kCfg, kFirstOrder>(in, out, n, c, g);
     case kPredictor2: return solver_block<kCfg, kPredictor2>(in, out, n, c, g);
@@ -89,7 +98,8 @@ void run_solver(const SolverStepParams& p, const at::Tensor& x_t) {
     const float a_t = abar_at(p.alphas_cumprod, p.t[i]);
     coef[i] = {std::sqrt(1.0f - a_t), std::sqrt(a_t), -clip, clip, 1.0f,
                solver_weights(p.alphas_cumprod, p.t[i], p.t_prev[i], p.t_last ? p.t_last[i] : -1,
-                              p.t_last2 ? p.t_last2[i] : -1, mode >= kCorrector1, p.predictor_order == 2)};
+                              p.t_last2 ? p.t_last2[i] : -1, mode >= kCorrector1, p.predictor_order == 2,
+                              p.noise != nullptr)};
   }
   const int64_t per_sample = p.inner;
   const fVec g(p.scale);
@@ -97,13 +107,14 @@ void run_solver(const SolverStepParams& p, const at::Tensor& x_t) {
 
   DIFFACCEL_DISPATCH(x_t.scalar_type(), "multistep_step", [&] {
     auto in_ptr = [](const void* v) { return static_cast<const scalar_t*>(v); };
-    const std::array<const scalar_t*, 6> in{in_ptr(p.x_t), in_ptr(p.eps_uncond), in_ptr(p.eps_cond),
-                                            in_ptr(p.x0_prev), in_ptr(p.x_last), in_ptr(p.x0_prev2)};
+    const std::array<const scalar_t*, 7> in{in_ptr(p.x_t),     in_ptr(p.eps_uncond), in_ptr(p.eps_cond),
+                                            in_ptr(p.x0_prev), in_ptr(p.x_last),     in_ptr(p.x0_prev2),
+                                            in_ptr(p.noise)};
     const std::array<scalar_t*, 3> dst{static_cast<scalar_t*>(p.out), static_cast<scalar_t*>(p.x0_out),
                                        static_cast<scalar_t*>(p.x_corr_out)};
     // The step over [lo, hi) of sample s; `stream` (std::true_type) writes with streaming stores.
     auto step_with = [&](auto stream, int64_t s, int64_t lo, int64_t hi) {
-      for_each_block_out<6, 3, decltype(stream)::value>(in, dst, lo, hi, [&](const auto& f, const auto& o, int64_t n) {
+      for_each_block_out<7, 3, decltype(stream)::value>(in, dst, lo, hi, [&](const auto& f, const auto& o, int64_t n) {
         cfg ? solver_block_any<true>(f, o, n, coef[s], g, mode) : solver_block_any<false>(f, o, n, coef[s], g, mode);
       });
     };

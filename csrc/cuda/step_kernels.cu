@@ -311,6 +311,7 @@ struct SolverOp {
   const T* x0_prev;
   const T* x_last;
   const T* x0_prev2;
+  const T* noise;  // SDE-DPM-Solver++(2M) (dpmpp_2m_step only: no corrector); nullptr: the ODE form
   int mode;  // SolverStepParams::Mode
   bool second_order;
   X0Bound bound;
@@ -334,17 +335,19 @@ struct SolverOp {
     r.sqrt_at = sqrtf(a_t);
     r.bound = bound == X0Bound::kThreshold ? thresholds[n] : clip_x0;
     r.w = solver_weights(abar, clamp_t(t[n]), clamp_t(t_prev[n]), t_last ? clamp_t(t_last[n]) : -1,
-                         t_last2 ? clamp_t(t_last2[n]) : -1, mode >= SolverStepParams::kCorrector1, second_order);
+                         t_last2 ? clamp_t(t_last2[n]) : -1, mode >= SolverStepParams::kCorrector1, second_order,
+                         noise != nullptr);
     return r;
   }
 
   template <int V>
   __device__ void apply(const Row& r, int64_t i, int64_t) const {
-    float x[V], e[V], m0[V] = {}, xl[V] = {}, m1[V] = {};
+    float x[V], e[V], m0[V] = {}, xl[V] = {}, m1[V] = {}, z[V] = {};
     in.template load_x_eps<V>(i, x, e);
     if (mode >= SolverStepParams::kPredictor2) load<T, V>(x0_prev + i, m0);
     if (mode >= SolverStepParams::kCorrector1) load<T, V>(x_last + i, xl);
     if (mode == SolverStepParams::kCorrector2) load<T, V>(x0_prev2 + i, m1);
+    if (noise != nullptr) load<T, V>(noise + i, z);
     float y[V], x0v[V], xc[V];
 #pragma unroll
     for (int k = 0; k < V; ++k) {
@@ -361,7 +364,7 @@ struct SolverOp {
       }
       float d = x0;
       if (mode >= SolverStepParams::kPredictor2) d = x0 + r.w.pk * (m0[k] - x0);
-      y[k] = r.w.ps * c - r.w.pa * d;
+      y[k] = r.w.ps * c - r.w.pa * d + r.w.pn * z[k];
       x0v[k] = x0;
       xc[k] = c;
     }
@@ -523,7 +526,8 @@ cudaError_t da::solver_step(DType dtype, const SolverStepParams& p, float* scrat
   using namespace detail;
   if (bad_step_args(p) || !p.x0_out || (p.x0_prev != nullptr) != (p.t_last != nullptr) ||
       (p.x0_prev2 != nullptr) != (p.t_last2 != nullptr) || (p.x_last != nullptr && p.x0_prev == nullptr) ||
-      (p.x0_prev2 != nullptr && p.x_last == nullptr) || (p.predictor_order != 1 && p.predictor_order != 2))
+      (p.x0_prev2 != nullptr && p.x_last == nullptr) || (p.predictor_order != 1 && p.predictor_order != 2) ||
+      (p.noise != nullptr && p.x_last != nullptr))
     return cudaErrorInvalidValue;
   const bool threshold = p.threshold_ratio > 0.f;
   if (threshold && (p.threshold_ratio > 1.f || !(p.threshold_max >= 1.f) || scratch == nullptr ||
@@ -531,12 +535,13 @@ cudaError_t da::solver_step(DType dtype, const SolverStepParams& p, float* scrat
     return cudaErrorInvalidValue;
   if (p.n == 0 || p.inner == 0) return cudaSuccess;
   const bool vec = aligned_step(p) && aligned16(p.x0_prev) && aligned16(p.x_last) && aligned16(p.x0_prev2) &&
-                   aligned16(p.x0_out) && aligned16(p.x_corr_out);
+                   aligned16(p.x0_out) && aligned16(p.x_corr_out) && aligned16(p.noise);
   return dispatch(dtype, [&](auto tag) -> cudaError_t {
     using T = typename decltype(tag)::type;
     const SolverOp<T> op{eps_inputs<T>(p), p.alphas_cumprod, p.num_timesteps, p.t, p.t_prev, p.t_last, p.t_last2,
                          static_cast<const T*>(p.x0_prev), static_cast<const T*>(p.x_last),
-                         static_cast<const T*>(p.x0_prev2), static_cast<int>(p.mode()), p.predictor_order == 2,
+                         static_cast<const T*>(p.x0_prev2), static_cast<const T*>(p.noise), static_cast<int>(p.mode()),
+                         p.predictor_order == 2,
                          threshold ? X0Bound::kThreshold : (p.clip_x0 > 0.f ? X0Bound::kClip : X0Bound::kNone),
                          p.clip_x0, scratch, static_cast<T*>(p.out), static_cast<T*>(p.x0_out),
                          static_cast<T*>(p.x_corr_out)};

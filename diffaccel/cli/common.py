@@ -20,7 +20,7 @@ __all__ = ["CLIError", "Parser", "HelpFormatter", "add_parser", "positive_int", 
            "sampler_kwargs", "optional_kwarg"]
 
 #: Every sampler name the library knows (``diffaccel.samplers``); ``--sampler`` passes it through.
-SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "unipc", "euler", "heun")
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "unipc", "euler", "heun")
 
 
 class CLIError(ArgumentError):

@@ -230,15 +230,18 @@ def solver_timesteps(num_train_timesteps: int, num_steps: int) -> list:
 def _schedule(model: MNISTDiffusion, num_steps: Optional[int], sampler: str = "ddpm") -> list:
     """DDPM: the timesteps to evaluate at, then -1 (the clean image); flow: times 0 .. 1."""
     if model.kind == "ddpm":
-        if sampler in ("dpmpp_2m", "unipc") and num_steps is not None:
+        if sampler in ("dpmpp_2m", "dpmpp_2m_sde", "unipc") and num_steps is not None:
             return solver_timesteps(model.num_timesteps, num_steps) + [-1]
         return ddpm_timesteps(model.num_timesteps, num_steps) + [-1]
     return flow_times(300 if num_steps is None else num_steps)
 
 
 def _noise_draws(ts: list, sampler: str) -> int:
-    """How many N(0, I) draws a sampling run takes after x_T (one per DDPM step with t > 0)."""
-    return sum(1 for t in ts[:-1] if t > 0) if sampler == "ddpm" else 0
+    """How many N(0, I) draws a sampling run takes after x_T (one per DDPM step with t > 0, one per
+    SDE-DPM-Solver++ step that lands at t_prev >= 0)."""
+    if sampler == "ddpm":
+        return sum(1 for t in ts[:-1] if t > 0)
+    return sum(1 for t in ts[1:] if t >= 0) if sampler == "dpmpp_2m_sde" else 0
 
 
 def _model_fn(model: MNISTDiffusion, c: Optional[torch.Tensor], n: int, guidance_scale: float, guided: bool,
@@ -300,6 +303,8 @@ def _run_sampler(model: MNISTDiffusion, sampler: str, fn, x: torch.Tensor, ts: l
     abar = model.alphas_cumprod.to(x.device)
     if sampler == "ddpm":
         return sample_ddpm(fn, x, ts, abar, noise=noise, variance="fixed_large", **kw)
+    if sampler == "dpmpp_2m_sde":
+        kw["noise"] = noise
     return get_sampler(sampler)(fn, x, ts, abar, **kw)
 
 
@@ -350,10 +355,11 @@ def sample(model: MNISTDiffusion, labels: Union[Sequence[int], torch.Tensor, Non
     ``0, 1, ..., 9, 0, ...``); time-conditioned models ignore it.
 
     ``sampler`` (:mod:`diffaccel.samplers`): for DDPM models ``"ddpm"`` (default; ancestral,
-    SPEC B2.3), ``"ddim"``, ``"dpmpp_2m"`` (DPM-Solver++(2M)) or ``"unipc"`` (UniPC bh2, order 2);
+    SPEC B2.3), ``"ddim"``, ``"dpmpp_2m"`` (DPM-Solver++(2M)), ``"dpmpp_2m_sde"`` (its SDE form, for
+    models whose ODE lags their SDE, e.g. ``ddpm_time``) or ``"unipc"`` (UniPC bh2, order 2);
     for flow-matching models ``"euler"`` (default) or ``"heun"``. ``num_steps`` is the number of
     solver steps: ``None`` runs all T DDPM steps (flow: 300), fewer stride the schedule
-    (:func:`ddpm_timesteps`; DPM-Solver++ and UniPC: :func:`solver_timesteps`; flow: uniform
+    (:func:`ddpm_timesteps`; the DPM-Solvers and UniPC: :func:`solver_timesteps`; flow: uniform
     times). Model evaluations per step: one, except Heun's
     two (``samplers.nfe``: Heun with n steps costs 2n - 1).
 

@@ -11,7 +11,7 @@ Conventions:
   ``t_prev``, ``x`` (the new ``x_{t_prev}``, the loop's buffer: copy what you keep), ``x0_hat``
   (canonical range) and, for the DDPM update, ``noise``.
 * The loop is :mod:`diffaccel.samplers` (``sampler="ddpm"`` by default, or ``"ddim"``,
-  ``"dpmpp_2m"``, ``"unipc"``); each technique is a model wrapper (CFG, views, factorizations)
+  ``"dpmpp_2m"``, ``"dpmpp_2m_sde"``, ``"unipc"``); each technique is a model wrapper (CFG, views, factorizations)
   or a per-step hook (inpainting's projection) plus one call into it. Every formula is a
   :mod:`diffaccel.functional` call (the fused kernels): ``add_noise``, ``predict_x0``,
   ``ddpm_step`` / ``cfg_ddpm_step`` (with the learned-range variance when the model predicts one,
@@ -161,7 +161,8 @@ def _check_sampler(sampler: str, step_kwargs: dict) -> str:
 
 #: The step options each sampler takes (``**step_kwargs`` of the techniques).
 _STEP_KWARGS = {"ddpm": {"clip_x0", "dynamic_threshold"}, "ddim": {"eta"},
-                "dpmpp_2m": {"clip_x0", "dynamic_threshold"}, "unipc": {"clip_x0", "dynamic_threshold"}}
+                "dpmpp_2m": {"clip_x0", "dynamic_threshold"}, "dpmpp_2m_sde": {"clip_x0", "dynamic_threshold"},
+                "unipc": {"clip_x0", "dynamic_threshold"}}
 
 
 def _run(denoiser: Denoiser, x: torch.Tensor, timesteps: List[int], i_start: int, model: ModelFn,
@@ -171,7 +172,8 @@ def _run(denoiser: Denoiser, x: torch.Tensor, timesteps: List[int], i_start: int
 
     ``sampler="ddpm"``: ``x_{t'} = ddpm_step(x_t, eps, t -> t')`` with the learned-range variance
     when the model predicts one, else ``fixed_small``; ``"ddim"``, ``"dpmpp_2m"``, ``"unipc"``:
-    the deterministic solvers (the model's variance is not used). ``project(x, t_prev, info)``
+    the deterministic solvers, ``"dpmpp_2m_sde"`` the stochastic one (the model's variance is
+    not used). ``project(x, t_prev, info)``
     changes ``x`` in place after every step that does not land on the clean image.
     """
     _check_sampler(sampler, step_kwargs)
@@ -195,8 +197,8 @@ def _run(denoiser: Denoiser, x: torch.Tensor, timesteps: List[int], i_start: int
     ts = timesteps[i_start:]
     if sampler == "ddpm":
         x = samplers.sample_ddpm(model, x, ts, abar, noise=generator, **kw)
-    elif sampler == "ddim":
-        x = samplers.sample_ddim(model, x, ts, abar, noise=generator, **kw)
+    elif sampler in ("ddim", "dpmpp_2m_sde"):
+        x = samplers.get_sampler(sampler)(model, x, ts, abar, noise=generator, **kw)
     else:
         x = samplers.get_sampler(sampler)(model, x, ts, abar, **kw)
     return DenoiseResult(denoiser.from_model_range(x), inter)
@@ -260,7 +262,8 @@ def iterative_denoise(denoiser: Denoiser, x_t: torch.Tensor, i_start: int = 10, 
     predicts it, else the posterior ("fixed_small") variance. ``step_kwargs`` go to
     :func:`functional.ddpm_step` (``clip_x0``, ``dynamic_threshold``). No guidance.
     ``sampler``: ``"ddpm"`` (this update), ``"ddim"`` (takes ``eta``), ``"dpmpp_2m"`` or ``"unipc"``
-    (deterministic solvers that need far fewer steps; see :mod:`diffaccel.samplers`).
+    (deterministic solvers that need far fewer steps), ``"dpmpp_2m_sde"`` (few steps, stochastic,
+    noise from ``generator``); see :mod:`diffaccel.samplers`.
     """
     denoiser.check_sample(x_t, "x_t")
     ts = _check_timesteps(denoiser, timesteps)

@@ -13,7 +13,7 @@ from typing import Optional
 SHIPPED = Path(__file__).with_name("frontier-cpu.json")
 #: one colour and marker per sampler, the same in every plot
 STYLE = {"ddpm": ("tab:gray", "o"), "ddim": ("tab:blue", "s"), "dpmpp_2m": ("tab:red", "^"),
-         "unipc": ("tab:green", "D"), "euler": ("tab:purple", "o"), "heun": ("tab:orange", "^")}
+         "dpmpp_2m_sde": ("tab:brown", "v"), "unipc": ("tab:green", "D"), "euler": ("tab:purple", "o"), "heun": ("tab:orange", "^")}
 
 
 def load_shipped() -> Optional[dict]:
@@ -137,26 +137,31 @@ def write_sampler_figures(out_dir, seed: int = 0, quick: bool = False) -> list:
     budgets = (2,) if quick else (5, 10, 20)
     labels = torch.arange(4 if quick else 10)
     have = set(list_pretrained())
-    for name, samplers in (("ddpm_class", DDPM_SAMPLERS), ("flow_class", FLOW_SAMPLERS)):
-        if name not in have:
+    # ddpm_time: the unconditional model, where the ODE solvers level off and the SDE solver does not
+    for name, samplers in (("ddpm_class", DDPM_SAMPLERS), ("ddpm_time", DDPM_SAMPLERS), ("flow_class", FLOW_SAMPLERS)):
+        if name not in have or (quick and name == "ddpm_time"):
             continue
         model = load_pretrained(name)
+        conditional = model.conditioning == "class"
         rows = []
         for sampler in samplers:
             row = []
             for budget in budgets:
                 steps = max(1, (budget + 1) // 2) if sampler == "heun" else budget
-                x = sample(model, labels=labels, guidance_scale=5.0, num_steps=steps, sampler=sampler, seed=seed)
+                who = dict(labels=labels) if conditional else dict(n=len(labels))
+                x = sample(model, **who, guidance_scale=5.0, num_steps=steps, sampler=sampler, seed=seed)
                 fname = f"s_{name}_{sampler}_{budget}.png"
                 save_png(x, out / fname, nrow=10, scale=2)
                 row.append(Cell(fname, f"{nfe(sampler, steps)} NFE"))
             rows.append(row)
         figs.append(Figure(
             "B-samplers", f"{name}: every sampler at {', '.join(map(str, budgets))} model evaluations",
-            f"Digits 0-{len(labels) - 1} from the shipped {name} with classifier-free guidance g = 5, the same starting noise "
-            f"(seed {seed}) in every cell; rows: samplers (diffaccel.samplers), columns: model evaluations per "
-            "digit (NFE; Heun spends two a step, one on its last). DPM-Solver++(2M) and UniPC step on diffusers' "
-            "linspace timesteps, DDPM and DDIM on the course's strided ones. 2x nearest-neighbour.",
+            (f"Digits 0-{len(labels) - 1} from the shipped {name} with classifier-free guidance g = 5"
+             if conditional else f"{len(labels)} unconditional digits from the shipped {name}")
+            + f", the same starting noise (seed {seed}) in every cell; rows: samplers (diffaccel.samplers), columns: "
+            "model evaluations per digit (NFE; Heun spends two a step, one on its last). The DPM-Solvers and UniPC "
+            "step on diffusers' linspace timesteps, DDPM and DDIM on the course's strided ones; DDPM and "
+            "SDE-DPM-Solver++ (dpmpp_2m_sde) draw fresh noise every step. 2x nearest-neighbour.",
             rows, col_headers=[f"budget {b}" for b in budgets], row_headers=list(samplers)))
     res = load_shipped()
     if res is None or not res.get("points"):  # nothing measured ships with this build

@@ -277,14 +277,14 @@ def _radix_finish_kernel(hist_ptr, s_ptr, N, k_lo, k_hi, w, th_max):
 
 
 @triton.jit
-def _solver_step_kernel(x_ptr, eu_ptr, ec_ptr, m0_ptr, xl_ptr, m1_ptr, w_ptr, s_ptr, abar_ptr, t_ptr,
+def _solver_step_kernel(x_ptr, eu_ptr, ec_ptr, m0_ptr, xl_ptr, m1_ptr, z_ptr, w_ptr, s_ptr, abar_ptr, t_ptr,
                         out_ptr, x0_ptr, xc_ptr, scale, clip, inner, T,
-                        HAS_CFG: tl.constexpr, MODE: tl.constexpr, WRITE_XC: tl.constexpr,
+                        HAS_CFG: tl.constexpr, MODE: tl.constexpr, WRITE_XC: tl.constexpr, HAS_NOISE: tl.constexpr,
                         CLIP: tl.constexpr, THRESHOLD: tl.constexpr, BLOCK: tl.constexpr):
-    """DPM-Solver++(2M) / UniPC bh2 (reference.dpmpp_2m_step / unipc_step), data prediction:
-    ``x0 = thr(x0_hat)``; ``MODE`` 0 first order, 1 predictor with ``x0_prev``, 2 / 3 the UniC
-    corrector of order 1 / 2 first; per-sample weights ``w[n] = (cs, ca, r1, rt, ps, pa, pk)``
-    (reference.solver_weights)."""
+    """DPM-Solver++(2M) (with ``HAS_NOISE``: its SDE form) / UniPC bh2 (reference.dpmpp_2m_step /
+    unipc_step), data prediction: ``x0 = thr(x0_hat)``; ``MODE`` 0 first order, 1 predictor with
+    ``x0_prev``, 2 / 3 the UniC corrector of order 1 / 2 first; per-sample weights
+    ``w[n] = (cs, ca, r1, rt, ps, pa, pk, pn)`` (reference.solver_weights)."""
     n = tl.program_id(1)
     a_t = _abar_at(abar_ptr, t_ptr, n, T)
     local = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -298,7 +298,7 @@ def _solver_step_kernel(x_ptr, eu_ptr, ec_ptr, m0_ptr, xl_ptr, m1_ptr, w_ptr, s_
         x0 = tl.maximum(tl.minimum(x0, s), -s) / s
     elif CLIP:
         x0 = tl.minimum(tl.maximum(x0, -clip), clip)
-    wp = w_ptr + n * 7
+    wp = w_ptr + n * 8
     xc = x
     if MODE >= 1:
         m0 = tl.load(m0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -312,6 +312,8 @@ def _solver_step_kernel(x_ptr, eu_ptr, ec_ptr, m0_ptr, xl_ptr, m1_ptr, w_ptr, s_
     if MODE >= 1:
         d = x0 + tl.load(wp + 6) * (m0 - x0)
     res = tl.load(wp + 4) * xc - tl.load(wp + 5) * d
+    if HAS_NOISE:
+        res += tl.load(wp + 7) * tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + offs, res.to(out_ptr.dtype.element_ty), mask=mask)
     tl.store(x0_ptr + offs, x0.to(x0_ptr.dtype.element_ty), mask=mask)
     if WRITE_XC:
@@ -554,7 +556,7 @@ def solver_step(x_t, eps_u, eps_c: Optional[torch.Tensor], scale: float, abar, t
                 x0_prev: Optional[torch.Tensor], t_last: Optional[torch.Tensor], x_last: Optional[torch.Tensor],
                 x0_prev2: Optional[torch.Tensor], t_last2: Optional[torch.Tensor], predictor_order: int,
                 clip_x0: float, th_ratio: float, th_max: float, out, x0_out, x_corr_out: Optional[torch.Tensor],
-                *, wrap: Wrap = _identity) -> None:
+                noise: Optional[torch.Tensor] = None, *, wrap: Wrap = _identity) -> None:
     """dpmpp_2m_step (no ``x_last``, ``x_corr_out`` None) and unipc_step: one kernel (two with
     dynamic thresholding); the per-sample weights from reference.solver_weights (a few tiny
     float64 torch ops, no host sync)."""
@@ -568,24 +570,26 @@ def solver_step(x_t, eps_u, eps_c: Optional[torch.Tensor], scale: float, abar, t
     mode = 3 if x0_prev2 is not None else 2 if x_last is not None else \
         1 if (x0_prev is not None and predictor_order == 2) else 0
     weights = ref.solver_weights(abar, t, t_prev, t_last, t_last2, corrector=mode >= 2,
-                                 second_order=predictor_order == 2).contiguous()
+                                 second_order=predictor_order == 2, sde=noise is not None).contiguous()
     thresholding = th_ratio > 0
     s = _threshold_scales(x_t, eps_u, eps_c_arg, has_cfg, scale, abar, t, th_ratio, th_max, wrap) \
         if thresholding else x_t
     wrap(_solver_step_kernel)[_per_sample_grid(x_t, block)](
         x_t, eps_u, eps_c_arg, x0_prev if x0_prev is not None else x_t, x_last if x_last is not None else x_t,
-        x0_prev2 if x0_prev2 is not None else x_t, weights, s, abar, t,
+        x0_prev2 if x0_prev2 is not None else x_t, noise if noise is not None else x_t, weights, s, abar, t,
         out, x0_out, x_corr_out if x_corr_out is not None else out, scale, clip_x0, inner, abar.numel(),
-        HAS_CFG=has_cfg, MODE=mode, WRITE_XC=x_corr_out is not None, CLIP=clip_x0 > 0 and not thresholding,
+        HAS_CFG=has_cfg, MODE=mode, WRITE_XC=x_corr_out is not None, HAS_NOISE=noise is not None,
+        CLIP=clip_x0 > 0 and not thresholding,
         THRESHOLD=thresholding, BLOCK=block, num_warps=_NUM_WARPS)
 
 
 def dpmpp_2m_step(x_t: Tensor, eps_u: Tensor, eps_c: Optional[Tensor], scale: float, abar: Tensor, t: Tensor,
                   t_prev: Tensor, x0_prev: Optional[Tensor], t_last: Optional[Tensor], clip_x0: float,
-                  th_ratio: float, th_max: float, out: Tensor, x0_out: Tensor, *, wrap: Wrap = _identity) -> None:
-    """DPM-Solver++(2M); see :func:`reference.dpmpp_2m_step`."""
+                  th_ratio: float, th_max: float, out: Tensor, x0_out: Tensor, noise: Optional[Tensor] = None, *,
+                  wrap: Wrap = _identity) -> None:
+    """DPM-Solver++(2M), with ``noise`` its SDE form; see :func:`reference.dpmpp_2m_step`."""
     solver_step(x_t, eps_u, eps_c, scale, abar, t, t_prev, x0_prev, t_last, None, None, None, 2, clip_x0, th_ratio,
-                th_max, out, x0_out, None, wrap=wrap)
+                th_max, out, x0_out, None, noise, wrap=wrap)
 
 
 def unipc_step(x_t: Tensor, eps_u: Tensor, eps_c: Optional[Tensor], scale: float, abar: Tensor, t: Tensor,
