@@ -74,7 +74,7 @@ def main() -> None:
     # The few-step solvers (benchmarks/bench_samplers.py measures their quality): eager, the
     # capture call, and a replay-only call from the model's graph cache, same digits.
     res["solvers"] = []
-    for sampler, steps in (("dpmpp_2m", 5), ("unipc", 5), ("dpmpp_2m", 10), ("ddim", 10)):
+    for sampler, steps in (("dpmpp_2m", 5), ("unipc", 5), ("dpmpp_2m", 10), ("dpmpp_2m_sde", 10), ("ddim", 10)):
         skw = dict(kw, sampler=sampler, num_steps=steps)
         e, te = timed(lambda: sample(m, **skw))
         _, tc = timed(lambda: sample(m, **skw, cuda_graph=True))

@@ -194,10 +194,10 @@ def main(argv=None) -> None:
         model = load_pretrained(name)
         samplers = [s for s in (args.samplers or samplers_for(model))
                     if s in samplers_for(model)]
-        if args.time_n and args.course_loop and model.conditioning == "class" and name not in res["course_loop"]:
-            labels = torch.arange(args.time_n) % 10
+        if args.time_n and args.course_loop and model.kind == "ddpm" and name not in res["course_loop"]:
+            who = dict(labels=torch.arange(args.time_n) % 10) if model.conditioning == "class" else dict(n=args.time_n)
             t0 = time.perf_counter()
-            sample_naive(model, labels, guidance_scale=GUIDANCE, seed=0)
+            sample_naive(model, **who, guidance_scale=GUIDANCE, seed=0)
             res["course_loop"][name] = {"n": args.time_n, "seconds": round(time.perf_counter() - t0, 2)}
             _save(path, res)
             print(name, "course loop", res["course_loop"][name], flush=True)

@@ -36,6 +36,19 @@ def test_fast_sampler_equals_course_loop(tiny_runs):
     assert (other_seed - fast).abs().max() > 1e-2
 
 
+def test_time_conditioned_course_loop(tiny_runs):
+    """The course loop of the time-conditioned model (one UNet call a step) gives sample()'s digits."""
+    m = P.MNISTDiffusion.from_train_dir(tiny_runs["ddpm_time"])
+    fast = S.sample(m, n=3, seed=7)
+    naive = S.sample_naive(m, n=3, seed=7)
+    torch.testing.assert_close(fast, naive, atol=2e-4, rtol=0)
+    assert (S.sample_naive(m, n=3, seed=8) - naive).abs().max() > 1e-2
+    with pytest.raises(TypeError, match="n must be an int"):
+        S.sample_naive(m, seed=7)
+    with pytest.raises(ValueError, match="labels must be given"):
+        S.sample_naive(P.MNISTDiffusion.from_train_dir(tiny_runs["ddpm_class"]))
+
+
 def test_guided_chunks_equal_course_loop(tiny_runs, monkeypatch):
     """Chunks of 2 + 1 samples (the guided forward per chunk) give the course loop's digits."""
     monkeypatch.setattr(S, "GUIDED_CHUNK", 2)

@@ -612,6 +612,13 @@ def test_mnist_new_samplers(tiny, kind, sampler):
     with torch.inference_mode():
         b = MS._run_sampler(m, sampler, fn, x, MS._schedule(m, 5, sampler), noise, None, False, "auto").clamp(0, 1)
     torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    # the CUDA loop's noise, drawn up front: exactly the draws the loop takes, in its order
+    ts = MS._schedule(m, 5, sampler)
+    draws = MS.PerSampleNoise(2, range(3), (1, 28, 28)).draw_steps(1 + MS._noise_draws(ts, sampler))
+    assert len(draws) == 1 + {"dpmpp_2m_sde": 4}.get(sampler, 0)
+    with torch.inference_mode():
+        c = MS._run_sampler(m, sampler, fn, draws[0], ts, draws[1:], None, False, "auto").clamp(0, 1)
+    torch.testing.assert_close(c, a, atol=1e-5, rtol=0)
 
 
 def test_mnist_default_samplers_unchanged(tiny):

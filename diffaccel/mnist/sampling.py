@@ -426,16 +426,27 @@ def sample(model: MNISTDiffusion, labels: Union[Sequence[int], torch.Tensor, Non
 
 
 @torch.inference_mode()
-def sample_naive(model: MNISTDiffusion, labels, guidance_scale: float = 5.0, seed: int = 0) -> torch.Tensor:
-    """The straightforward course-style loop (two separate UNet calls per step, unfused update,
+def sample_naive(model: MNISTDiffusion, labels=None, guidance_scale: float = 5.0, seed: int = 0, *,
+                 n: Optional[int] = None) -> torch.Tensor:
+    """The straightforward course-style loop (two separate UNet calls per step for a class-conditional
+    model, one for a time-conditioned model, which takes ``n`` instead of ``labels``; unfused update,
     fresh tensors every step) — the baseline the benchmarks compare :func:`sample` against.
     Same noise streams as :func:`sample`, so both give the same digits (on CUDA the noise is
     drawn up front, as :func:`sample` does, so both loops time the GPU work alone)."""
     from .. import reference as R
 
+    if model.kind != "ddpm":
+        raise ArgumentError(f"sample_naive is the course's DDPM loop; model {model.name!r} is a {model.kind} model")
     net, dev = model.model, model.device
-    labels = torch.as_tensor(labels).long()
-    n = labels.numel()
+    conditional = model.conditioning == "class"
+    if conditional:
+        if labels is None:
+            raise ArgumentError("labels must be given for the class-conditional model "
+                                f"{model.name!r} (one digit class per sample)")
+        labels = torch.as_tensor(labels).long()
+        n = labels.numel()
+    else:
+        n = check_int("n", n, min=1, what=" (how many digits; a time-conditioned model takes no labels)")
     T = model.num_timesteps
     noise = PerSampleNoise(seed, range(n), (1, 28, 28), dev)
     if dev.type in NOISE_UP_FRONT:
@@ -443,14 +454,17 @@ def sample_naive(model: MNISTDiffusion, labels, guidance_scale: float = 5.0, see
         x, zs = draws[0], draws[1:]
     else:
         x, zs = noise.draw(), None
-    c = one_hot(labels, n, device=dev)
+    c = one_hot(labels, n, device=dev) if conditional else None
     abar = model.alphas_cumprod.to(dev)
     for t in range(T - 1, -1, -1):
         tt = torch.full((n,), t, device=dev)
         t_in = tt.float() / T
-        eps_c = net(x, t_in, c)
-        eps_u = net(x, t_in, torch.zeros_like(c))
-        eps = R.cfg_combine(eps_u, eps_c, guidance_scale)  # the reference's formula, unfused
+        if conditional:
+            eps_c = net(x, t_in, c)
+            eps_u = net(x, t_in, torch.zeros_like(c))
+            eps = R.cfg_combine(eps_u, eps_c, guidance_scale)  # the reference's formula, unfused
+        else:
+            eps = net(x, t_in, None)
         if t > 0:
             z = noise.draw() if zs is None else zs[T - 1 - t]
         else:
