@@ -713,8 +713,9 @@ def cfg_dpmpp_2m_step(x_t, eps_uncond, eps_cond, scale: float, alphas_cumprod, t
 
 def _check_sde_noise(noise):
     if not isinstance(noise, torch.Tensor):
-        raise ArgumentTypeError("noise must be a torch.Tensor (an N(0, I) draw shaped like x_t; at the final step, "
-                                f"t_prev = -1, the ODE step dpmpp_2m_step is the same update), got {type(noise).__name__}")
+        raise ArgumentTypeError("noise must be a torch.Tensor (an N(0, I) draw shaped like x_t; at the final "
+                                "step, t_prev = -1, the ODE step dpmpp_2m_step is the same update), got "
+                                f"{type(noise).__name__}")
     return noise
 
 
@@ -828,5 +829,6 @@ __all__ = [
     "flow_interpolate", "euler_step", "add_gaussian_noise",
     "add_noise", "predict_x0", "cfg_combine", "ddpm_step", "cfg_ddpm_step", "ddim_step", "cfg_ddim_step",
     "gaussian_blur", "highpass", "hybrid_combine", "masked_project", "available_backends",
-    "dpmpp_2m_step", "cfg_dpmpp_2m_step", "dpmpp_2m_sde_step", "cfg_dpmpp_2m_sde_step", "unipc_step", "cfg_unipc_step", "heun_step",
+    "dpmpp_2m_step", "cfg_dpmpp_2m_step", "dpmpp_2m_sde_step", "cfg_dpmpp_2m_sde_step", "unipc_step",
+    "cfg_unipc_step", "heun_step",
 ]

@@ -26,8 +26,9 @@ Flow samplers take ascending times from ``times[0]`` (noise, usually 0) to ``tim
 Noise (``sample_ddpm``, ``sample_ddim`` with ``eta > 0``, ``sample_dpmpp_2m_sde``): one N(0, I)
 draw per step with ``t > 0`` (SDE-DPM-Solver++: per step landing at ``t_prev >= 0``) from
 ``noise``, which is a ``torch.Generator``, a tensor ``[k, *x.shape]`` of pre-drawn draws (a CUDA
-loop draws up front so it never waits on the host), or a per-sample source with ``draw(out)`` such as :class:`diffaccel.mnist.sampling.PerSampleNoise` (a sample then never
-depends on its batch).
+loop draws up front so it never waits on the host), or a per-sample source with ``draw(out)``
+such as :class:`diffaccel.mnist.sampling.PerSampleNoise` (a sample then never depends on its
+batch).
 
 Per step, ``callback(info)`` gets ``i``, ``t``, ``t_prev``, ``x`` (the new sample) and ``x0_hat``
 (the data prediction at ``t``; ``noise`` too where one was drawn). ``hook(info)`` runs before
@@ -48,7 +49,8 @@ from . import functional as F
 from .errors import ArgumentError, ArgumentTypeError
 
 __all__ = [
-    "Output", "Guided", "cfg", "sample_ddpm", "sample_ddim", "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "sample_unipc",
+    "Output", "Guided", "cfg", "sample_ddpm", "sample_ddim", "sample_dpmpp_2m", "sample_dpmpp_2m_sde",
+    "sample_unipc",
     "sample_euler", "sample_heun", "DDPM_SAMPLERS", "FLOW_SAMPLERS", "SAMPLERS", "nfe", "flow_times",
     "replay_cuda_graph", "get_sampler",
 ]

@@ -15,9 +15,10 @@ step is computed:
 * the math is :mod:`diffaccel.functional` (one fused kernel per step where the config allows:
   ``ddpm_step`` with the variance / thresholding / clipping options, ``ddim_step``,
   ``dpmpp_2m_step`` / ``dpmpp_2m_sde_step``, ``unipc_step``). Configs no kernel takes (solver order
-  3, ``sde-dpmsolver`` and the other noise-prediction DPM-Solver variants, UniPC "bh1", Karras / Lu / exponential / beta sigma
-  spacings, whose sigmas are not ``abar`` at integer timesteps) step on a general path in plain
-  torch: the solver's update as per-step coefficients computed on the host in float64;
+  3, ``sde-dpmsolver`` and the other noise-prediction DPM-Solver variants, UniPC "bh1", Karras /
+  Lu / exponential / beta sigma spacings, whose sigmas are not ``abar`` at integer timesteps) step
+  on a general path in plain torch: the solver's update as per-step coefficients computed on the
+  host in float64;
 * everything that depends only on the schedule is prepared on the host in ``set_timesteps``
   (``abar`` in float32, a ``t -> t_prev`` table and an ``arange(T)`` to slice ``t`` from, all
   copied to the device once), so ``step`` issues no device-to-host copy or synchronisation and
@@ -1133,8 +1134,8 @@ class DPMSolverMultistepScheduler(_MultistepScheduler):
 
     def _fused_ok(self, order: int, sample: torch.Tensor) -> Optional[dict]:
         c = self.config
-        if (not self.use_fused_ops or self._grid is None or order > 2 or c.algorithm_type not in ("dpmsolver++", "sde-dpmsolver++")
-                or c.solver_type != "midpoint"
+        if (not self.use_fused_ops or self._grid is None or order > 2
+                or c.algorithm_type not in ("dpmsolver++", "sde-dpmsolver++") or c.solver_type != "midpoint"
                 or c.prediction_type != "epsilon" or sample.ndim != 4):
             return None
         return self._fused_bounds()
