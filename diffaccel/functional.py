@@ -663,6 +663,13 @@ def _check_outputs(x_t: torch.Tensor, inputs: dict, **outs) -> list:
     return [v if v is not None else torch.empty_like(x_t, memory_format=torch.contiguous_format) for _, v in res]
 
 
+def _check_cfg_pair(scale, eps_cond) -> float:
+    """A multistep ``cfg_*`` step's guidance: ``scale`` a number and ``eps_cond`` given."""
+    if eps_cond is None:
+        raise ArgumentTypeError("eps_cond must be a torch.Tensor, got NoneType")
+    return _check_scalar("scale", scale)
+
+
 def _dpmpp_2m(x_t, eps_u, eps_c, scale, alphas_cumprod, t, t_prev, x0_prev, t_last, clip_x0, dynamic_threshold,
               out, x0_out, backend, noise=None):
     x_t, abar, tt, tp, noise = _step_common(x_t, alphas_cumprod, t, t_prev, noise)
@@ -704,9 +711,7 @@ def cfg_dpmpp_2m_step(x_t, eps_uncond, eps_cond, scale: float, alphas_cumprod, t
                       dynamic_threshold: Optional[Tuple[float, float]] = None, out=None, x0_out=None,
                       backend: str = "auto"):
     """CFG combine (``eps_u + scale (eps_c - eps_u)``, kept in float32) and :func:`dpmpp_2m_step` in one pass."""
-    scale = _check_scalar("scale", scale)
-    if eps_cond is None:
-        raise ArgumentTypeError("eps_cond must be a torch.Tensor, got NoneType")
+    scale = _check_cfg_pair(scale, eps_cond)
     return _dpmpp_2m(x_t, eps_uncond, eps_cond, scale, alphas_cumprod, t, t_prev, x0_prev, t_last, clip_x0,
                      dynamic_threshold, out, x0_out, backend)
 
@@ -742,9 +747,7 @@ def cfg_dpmpp_2m_sde_step(x_t, eps_uncond, eps_cond, scale: float, alphas_cumpro
                           dynamic_threshold: Optional[Tuple[float, float]] = None, out=None, x0_out=None,
                           backend: str = "auto"):
     """CFG combine (``eps_u + scale (eps_c - eps_u)``, kept in float32) and :func:`dpmpp_2m_sde_step` in one pass."""
-    scale = _check_scalar("scale", scale)
-    if eps_cond is None:
-        raise ArgumentTypeError("eps_cond must be a torch.Tensor, got NoneType")
+    scale = _check_cfg_pair(scale, eps_cond)
     return _dpmpp_2m(x_t, eps_uncond, eps_cond, scale, alphas_cumprod, t, t_prev, x0_prev, t_last, clip_x0,
                      dynamic_threshold, out, x0_out, backend, _check_sde_noise(noise))
 
@@ -803,9 +806,7 @@ def cfg_unipc_step(x_t, eps_uncond, eps_cond, scale: float, alphas_cumprod, t: T
                    dynamic_threshold: Optional[Tuple[float, float]] = None, out=None, x0_out=None,
                    x_corr_out=None, backend: str = "auto"):
     """CFG combine (kept in float32) and :func:`unipc_step` in one pass."""
-    scale = _check_scalar("scale", scale)
-    if eps_cond is None:
-        raise ArgumentTypeError("eps_cond must be a torch.Tensor, got NoneType")
+    scale = _check_cfg_pair(scale, eps_cond)
     return _unipc(x_t, eps_uncond, eps_cond, scale, alphas_cumprod, t, t_prev, x0_prev, t_last, x_last, x0_prev2,
                   t_last2, predictor_order, clip_x0, dynamic_threshold, out, x0_out, x_corr_out, backend)
 
